@@ -1,0 +1,169 @@
+//! The command line: a thin shell that parses arguments once into typed values and calls the
+//! library. One file per command group.
+
+mod config;
+mod doctor;
+mod events;
+mod init;
+mod output;
+mod prompt;
+mod relay;
+mod wallet;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+
+use crate::config::Config;
+use crate::home::Home;
+
+/// Pylon: make this machine a node of an open compute market on Nostr.
+///
+/// Providers sell small jobs (NIP-90), buyers post jobs and pay over Lightning, and every step is
+/// a signed event anyone can audit. Start with `pylon init`, then `pylon relay` and `pylon doctor`.
+#[derive(Debug, Parser)]
+#[command(
+    name = "pylon",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
+pub struct Cli {
+    /// Data directory [default: $PYLON_HOME, else ~/.pylon]
+    #[arg(long, global = true, value_name = "DIR")]
+    home: Option<PathBuf>,
+
+    /// Relay to use instead of the configured ones (repeat for several)
+    #[arg(long = "relay", global = true, value_name = "URL")]
+    relays: Vec<String>,
+
+    /// More log output on stderr (-v info, -vv debug, -vvv trace); RUST_LOG overrides
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+
+    /// Less log output on stderr (errors only)
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, conflicts_with = "verbose")]
+    quiet: u8,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create this node's identity (a 24-word mnemonic) and a default config.toml
+    Init(init::InitArgs),
+    /// Keys and money: who this node is
+    #[command(subcommand)]
+    Wallet(wallet::WalletCommand),
+    /// Show the configuration in effect
+    #[command(subcommand)]
+    Config(config::ConfigCommand),
+    /// Run the embedded Nostr relay in the foreground
+    Relay(relay::RelayArgs),
+    /// Check identity, config, relays and the data directory
+    Doctor(doctor::DoctorArgs),
+    /// Query raw events from the relays (an auditor's view of the market)
+    Events(events::EventsArgs),
+}
+
+/// What every command gets: the resolved home and the global flags.
+pub(crate) struct Context {
+    home: Home,
+    relay_override: Vec<String>,
+}
+
+impl Context {
+    /// The configuration with `--relay` applied.
+    fn config(&self) -> anyhow::Result<Config> {
+        let mut config = Config::load(&self.home)?;
+        config.override_relays(&self.relay_override)?;
+        Ok(config)
+    }
+
+    /// Unlocks the identity, asking for the passphrase if `$PYLON_PASSPHRASE` is unset.
+    fn identity(&self) -> anyhow::Result<crate::identity::Identity> {
+        let passphrase = prompt::passphrase()?;
+        Ok(crate::identity::sealed::load(
+            &self.home.identity_file(),
+            &passphrase,
+        )?)
+    }
+}
+
+/// Entry point for `main`: parse, set up logging and the runtime, run, and map errors to exit codes.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let home = match Home::resolve(cli.home.as_deref()) {
+        Ok(home) => home,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let verbosity =
+        i8::try_from(cli.verbose).unwrap_or(i8::MAX) - i8::try_from(cli.quiet).unwrap_or(i8::MAX);
+    let _log_guard = crate::logging::init(verbosity, Some(&home.logs_dir()));
+    let ctx = Context {
+        home,
+        relay_override: cli.relays,
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command, ctx)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command, ctx: Context) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Init(args) => init::run(&ctx, args).await,
+        Command::Wallet(cmd) => wallet::run(&ctx, cmd).await,
+        Command::Config(cmd) => config::run(&ctx, cmd),
+        Command::Relay(args) => relay::run(&ctx, args).await,
+        Command::Doctor(args) => doctor::run(&ctx, args).await,
+        Command::Events(args) => events::run(&ctx, args).await,
+    }
+}
+
+/// Resolves when the process gets SIGINT (Ctrl-C) or SIGTERM.
+pub(crate) async fn shutdown_signal() -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r.context("cannot listen for Ctrl-C")?,
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    tokio::signal::ctrl_c()
+        .await
+        .context("cannot listen for Ctrl-C")?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        super::Cli::command().debug_assert();
+    }
+}

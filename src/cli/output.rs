@@ -1,0 +1,18 @@
+//! Printing helpers shared by commands.
+
+use clap::Args;
+use serde::Serialize;
+
+/// The `--json` flag of read commands that take no other arguments.
+#[derive(Debug, Args)]
+pub(crate) struct JsonFlag {
+    /// Print JSON instead of text
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+/// Prints `value` as pretty JSON on stdout.
+pub(crate) fn print_json<T: Serialize + ?Sized>(value: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}

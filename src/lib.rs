@@ -1,0 +1,16 @@
+//! Pylon: one binary that makes any machine a node of an open compute market on Nostr.
+//!
+//! The library holds every role; `main.rs` and [`cli`] are a thin shell over it.
+//!
+//! - [`home`], [`config`], [`identity`] — where data lives, what a user configures, who the node is;
+//! - [`relay`] — the embedded relay and the client layer every role uses;
+//! - [`doctor`] — environment checks;
+//! - [`logging`] — tracing setup.
+
+pub mod cli;
+pub mod config;
+pub mod doctor;
+pub mod home;
+pub mod identity;
+pub mod logging;
+pub mod relay;

@@ -1,0 +1,244 @@
+//! The client layer every role uses to reach the market: a nostr-sdk pool over the configured
+//! relays, with two rules the market depends on.
+//!
+//! - **Fallback.** A long-running role whose relays are all unreachable starts the embedded relay
+//!   in-process and uses it, so the market keeps running offline or when a public relay is down.
+//!   A one-shot command instead fails fast with a message that says how to start a relay.
+//! - **Ephemeral events are fire-and-forget.** Some relays (nostr-rs-relay 0.8) never send `OK`
+//!   for kinds 20000–29999; waiting for it would stall every wallet call for 10 s.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use nostr_sdk::prelude::Events;
+use nostr_sdk::{
+    Client, ClientMessage, Event, EventId, Filter, Keys, RelayPoolNotification, RelayUrl,
+};
+use serde::Serialize;
+use tokio::sync::broadcast;
+
+use super::server::{EmbeddedRelay, RelayError};
+use super::settings::RelaySettings;
+use super::transport::NoDelayTransport;
+
+/// How long a one-shot command waits for any relay before giving up.
+pub const ONE_SHOT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Errors talking to relays.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// No configured relay answered in time.
+    #[error("no relay reachable ({0}). Start one with `pylon relay` (or `pylon up`), or point at another with --relay URL")]
+    Unreachable(String),
+    /// Every relay refused the event.
+    #[error("no relay accepted event {id}: {reasons}")]
+    Rejected {
+        /// The refused event.
+        id: EventId,
+        /// Each relay's reason.
+        reasons: String,
+    },
+    /// The fallback relay could not start.
+    #[error("relays unreachable ({0}) and the embedded relay could not start: {1}")]
+    Fallback(String, RelayError),
+    /// An error inside nostr-sdk.
+    #[error("relay client: {0}")]
+    Sdk(#[from] nostr_sdk::client::Error),
+}
+
+/// What happens when no relay answers.
+#[derive(Debug, Clone)]
+pub enum Reachability {
+    /// Fail within the timeout: for commands a user waits on.
+    OneShot,
+    /// Start the embedded relay with these settings and store, and use it.
+    FallBack {
+        /// Settings for the embedded relay (its `bind` is where it listens).
+        settings: Box<RelaySettings>,
+        /// Its LMDB directory.
+        data_dir: PathBuf,
+    },
+}
+
+/// Set when a long-running role is running on the embedded relay instead of its configured ones.
+#[derive(Debug, Clone, Serialize)]
+pub struct FallbackInfo {
+    /// The relay in use now.
+    pub url: String,
+    /// Why the configured relays were abandoned.
+    pub reason: String,
+    /// True if this process started it; false if another process already served that address.
+    pub started_here: bool,
+}
+
+/// A connected client. Cheap to share by reference; [`MarketClient::shutdown`] disconnects.
+#[derive(Debug)]
+pub struct MarketClient {
+    client: Client,
+    fallback: Option<FallbackInfo>,
+    embedded: Option<EmbeddedRelay>,
+}
+
+impl MarketClient {
+    /// Connects `keys` to `relays`, waiting at most `timeout` for the first to answer.
+    pub async fn connect(
+        keys: Keys,
+        relays: &[RelayUrl],
+        timeout: Duration,
+        when_unreachable: Reachability,
+    ) -> Result<Self, ClientError> {
+        let client = Client::builder()
+            .signer(keys)
+            .websocket_transport(NoDelayTransport)
+            .build();
+        for url in relays {
+            client.add_relay(url).await?;
+        }
+        let output = client.try_connect(timeout).await;
+        if !output.success.is_empty() {
+            // Keep retrying the ones that failed, in the background.
+            client.connect().await;
+            return Ok(Self {
+                client,
+                fallback: None,
+                embedded: None,
+            });
+        }
+        let reason = describe_failures(relays, &output.failed);
+        match when_unreachable {
+            Reachability::OneShot => {
+                client.shutdown().await;
+                Err(ClientError::Unreachable(reason))
+            }
+            Reachability::FallBack { settings, data_dir } => {
+                client.force_remove_all_relays().await;
+                Self::fall_back(client, reason, &settings, data_dir, timeout).await
+            }
+        }
+    }
+
+    async fn fall_back(
+        client: Client,
+        reason: String,
+        settings: &RelaySettings,
+        data_dir: PathBuf,
+        timeout: Duration,
+    ) -> Result<Self, ClientError> {
+        let (url, embedded) = match EmbeddedRelay::start(settings, &data_dir).await {
+            Ok(relay) => (relay.url(), Some(relay)),
+            // Someone (another pylon) already serves the fallback address: share it.
+            Err(RelayError::Bind(addr, e)) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                let url = RelayUrl::parse(&format!("ws://{addr}"))
+                    .map_err(|e| ClientError::Unreachable(e.to_string()))?;
+                (url, None)
+            }
+            Err(e) => return Err(ClientError::Fallback(reason, e)),
+        };
+        client.add_relay(&url).await?;
+        let output = client.try_connect(timeout).await;
+        if output.success.is_empty() {
+            return Err(ClientError::Unreachable(format!(
+                "{reason}; fallback {}",
+                describe_failures(std::slice::from_ref(&url), &output.failed)
+            )));
+        }
+        let info = FallbackInfo {
+            url: url.to_string(),
+            reason,
+            started_here: embedded.is_some(),
+        };
+        tracing::warn!(
+            "configured relays unreachable ({}); using the embedded relay at {}",
+            info.reason,
+            info.url
+        );
+        Ok(Self {
+            client,
+            fallback: Some(info),
+            embedded,
+        })
+    }
+
+    /// The underlying nostr-sdk client, for subscriptions.
+    pub fn sdk(&self) -> &Client {
+        &self.client
+    }
+
+    /// Set when running on the embedded relay because the configured ones were unreachable.
+    pub fn fallback(&self) -> Option<&FallbackInfo> {
+        self.fallback.as_ref()
+    }
+
+    /// The relays in the pool now.
+    pub async fn relay_urls(&self) -> Vec<RelayUrl> {
+        self.client.relays().await.into_keys().collect()
+    }
+
+    /// Publishes `event`. Regular events wait for at least one relay's `OK: true`; ephemeral events
+    /// return once handed to a connected relay (see the module documentation).
+    pub async fn publish(&self, event: &Event) -> Result<EventId, ClientError> {
+        if event.kind.is_ephemeral() {
+            let urls = self.relay_urls().await;
+            let output = self
+                .client
+                .send_msg_to(urls, ClientMessage::event(event.clone()))
+                .await?;
+            if output.success.is_empty() {
+                return Err(ClientError::Rejected {
+                    id: event.id,
+                    reasons: join_reasons(&output.failed),
+                });
+            }
+            return Ok(event.id);
+        }
+        let output = self.client.send_event(event).await?;
+        if output.success.is_empty() {
+            return Err(ClientError::Rejected {
+                id: event.id,
+                reasons: join_reasons(&output.failed),
+            });
+        }
+        Ok(event.id)
+    }
+
+    /// Stored events matching `filter`, gathered until every relay sent EOSE or `timeout` passed.
+    pub async fn fetch(&self, filter: Filter, timeout: Duration) -> Result<Events, ClientError> {
+        Ok(self.client.fetch_events(filter, timeout).await?)
+    }
+
+    /// A receiver of every event and message from the pool.
+    pub fn notifications(&self) -> broadcast::Receiver<RelayPoolNotification> {
+        self.client.notifications()
+    }
+
+    /// Disconnects, and stops the embedded relay if this client started it.
+    pub async fn shutdown(mut self) {
+        self.client.shutdown().await;
+        if let Some(relay) = self.embedded.take() {
+            relay.shutdown().await;
+        }
+    }
+}
+
+fn describe_failures(relays: &[RelayUrl], failed: &HashMap<RelayUrl, String>) -> String {
+    relays
+        .iter()
+        .map(|url| match failed.get(url) {
+            Some(why) => format!("{url}: {why}"),
+            None => format!("{url}: no answer"),
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn join_reasons(failed: &HashMap<RelayUrl, String>) -> String {
+    if failed.is_empty() {
+        return "no relay connected".into();
+    }
+    failed
+        .iter()
+        .map(|(url, why)| format!("{url}: {why}"))
+        .collect::<Vec<_>>()
+        .join("; ")
+}

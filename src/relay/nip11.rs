@@ -1,0 +1,70 @@
+//! The relay's NIP-11 information document, built from its settings.
+
+use serde_json::{json, Value};
+
+use super::settings::RelaySettings;
+
+/// NIPs the embedded relay implements: basic protocol, deletion (by `e` and `a` tags), this
+/// document, proof of work (when configured), AUTH, COUNT, protected events and negentropy sync.
+pub fn supported_nips(settings: &RelaySettings) -> Vec<u16> {
+    let mut nips = vec![1, 9, 11, 42, 45, 70, 77];
+    if settings.min_pow_job_requests > 0 {
+        nips.push(13);
+    }
+    nips.sort_unstable();
+    nips
+}
+
+/// The JSON served for `Accept: application/nostr+json`.
+pub fn document(settings: &RelaySettings) -> Value {
+    let restricted = !settings.allow_pubkeys.is_empty()
+        || !settings.allow_kinds.is_empty()
+        || settings.min_pow_job_requests > 0;
+    json!({
+        "name": settings.name,
+        "description": settings.description,
+        "software": "pylon",
+        "version": env!("CARGO_PKG_VERSION"),
+        "supported_nips": supported_nips(settings),
+        "limitation": {
+            "max_message_length": settings.max_message_bytes,
+            "max_content_length": settings.max_event_bytes,
+            "max_subscriptions": settings.max_subscriptions,
+            "max_limit": settings.max_filter_limit,
+            "default_limit": settings.default_filter_limit,
+            "max_event_tags": settings.max_event_tags,
+            "min_pow_difficulty": 0,
+            "auth_required": false,
+            "payment_required": false,
+            "restricted_writes": restricted,
+        },
+        // Not standard NIP-11 keys: the market-specific limits, so clients can pace themselves.
+        "pylon": {
+            "events_per_second": settings.events_per_second,
+            "event_burst": settings.event_burst,
+            "min_pow_job_requests": settings.min_pow_job_requests,
+            "allow_kinds": settings.allow_kinds,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn document_names_pylon_and_limits() {
+        let s = RelaySettings::default();
+        let doc = document(&s);
+        assert_eq!(doc["name"], "pylon");
+        assert_eq!(doc["limitation"]["max_content_length"], s.max_event_bytes);
+        assert_eq!(doc["limitation"]["restricted_writes"], false);
+        let nips: Vec<u64> = doc["supported_nips"]
+            .as_array()
+            .expect("array")
+            .iter()
+            .filter_map(Value::as_u64)
+            .collect();
+        assert!(nips.contains(&1) && nips.contains(&11) && !nips.contains(&13));
+    }
+}

@@ -1,0 +1,266 @@
+//! The embedded relay: nostr-relay-builder's `LocalRelay` on an LMDB store, behind our own axum
+//! listener so one port serves both the NIP-11 document (with CORS) and the WebSocket protocol.
+//!
+//! Our listener also sets TCP_NODELAY on every connection: without it, two small frames in a row
+//! wait for a delayed ACK (~40 ms on loopback), which dominated a job's round trip when measured.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::serve::ListenerExt;
+use axum::Router;
+use hyper_util::rt::TokioIo;
+use nostr_lmdb::NostrLMDB;
+use nostr_relay_builder::builder::RateLimit;
+use nostr_relay_builder::{LocalRelay, RelayBuilder};
+use nostr_sdk::RelayUrl;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+
+use super::nip11;
+use super::policy::MarketPolicy;
+use super::settings::RelaySettings;
+
+/// Errors starting the embedded relay.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    /// The listen address is taken or not ours.
+    #[error("cannot listen on {0}: {1}")]
+    Bind(SocketAddr, std::io::Error),
+    /// The LMDB store could not be opened.
+    #[error("cannot open the relay store at {0}: {1}")]
+    Store(PathBuf, String),
+}
+
+/// A running embedded relay. Dropping it without [`EmbeddedRelay::shutdown`] also stops it.
+#[derive(Debug)]
+pub struct EmbeddedRelay {
+    addr: SocketAddr,
+    data_dir: PathBuf,
+    local: LocalRelay,
+    stop: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<()>>,
+}
+
+#[derive(Clone)]
+struct FrontState {
+    local: LocalRelay,
+    nip11: Arc<String>,
+}
+
+impl EmbeddedRelay {
+    /// Opens the store in `data_dir` and starts listening on `settings.bind` (port 0 picks one).
+    pub async fn start(settings: &RelaySettings, data_dir: &Path) -> Result<Self, RelayError> {
+        let listener = TcpListener::bind(settings.bind)
+            .await
+            .map_err(|e| RelayError::Bind(settings.bind, e))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| RelayError::Bind(settings.bind, e))?;
+
+        let dir = data_dir.to_path_buf();
+        let store = tokio::task::spawn_blocking(move || NostrLMDB::open(&dir))
+            .await
+            .map_err(|e| RelayError::Store(data_dir.to_path_buf(), e.to_string()))?
+            .map_err(|e| RelayError::Store(data_dir.to_path_buf(), e.to_string()))?;
+
+        let builder = RelayBuilder::default()
+            .database(store)
+            // Our MarketPolicy does the rate limiting; see policy.rs for why.
+            .rate_limit(RateLimit {
+                max_reqs: settings.max_subscriptions,
+                notes_per_minute: u32::MAX,
+            })
+            .max_connections(settings.max_connections)
+            .max_filter_limit(settings.max_filter_limit)
+            .default_filter_limit(settings.default_filter_limit)
+            .write_policy(MarketPolicy::new(settings));
+        let local = LocalRelay::new(builder);
+
+        let state = FrontState {
+            local: local.clone(),
+            nip11: Arc::new(nip11::document(settings).to_string()),
+        };
+        let app = Router::new().fallback(front).with_state(state);
+        let (stop, stopped) = oneshot::channel::<()>();
+        let listener = listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!("cannot set TCP_NODELAY: {e}");
+            }
+        });
+        let server = tokio::spawn(async move {
+            let serve = axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(async move {
+                let _ = stopped.await;
+            });
+            if let Err(e) = serve.await {
+                tracing::error!("relay listener failed: {e}");
+            }
+        });
+        tracing::info!(%addr, store = %data_dir.display(), "embedded relay listening");
+        Ok(Self {
+            addr,
+            data_dir: data_dir.to_path_buf(),
+            local,
+            stop: Some(stop),
+            server: Some(server),
+        })
+    }
+
+    /// The address it listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Its WebSocket URL, e.g. `ws://127.0.0.1:7777`.
+    pub fn url(&self) -> RelayUrl {
+        let text = format!("ws://{}", self.addr);
+        // A socket address always forms a valid ws:// URL.
+        RelayUrl::parse(&text).expect("socket address is a valid relay URL")
+    }
+
+    /// Where its events are stored.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// Stops accepting, closes every session, and waits for the listener to finish.
+    pub async fn shutdown(mut self) {
+        self.stop_now();
+        if let Some(server) = self.server.take() {
+            let _ = server.await;
+        }
+    }
+
+    fn stop_now(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.local.shutdown();
+    }
+}
+
+impl Drop for EmbeddedRelay {
+    fn drop(&mut self) {
+        self.stop_now();
+    }
+}
+
+/// One handler for every path: WebSocket upgrade, NIP-11, CORS preflight, or a short text page.
+async fn front(
+    State(state): State<FrontState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    mut req: Request,
+) -> Response {
+    let headers = req.headers();
+    if *req.method() == Method::OPTIONS {
+        return with_cors(StatusCode::NO_CONTENT.into_response());
+    }
+    if wants_websocket(headers) {
+        return upgrade(state.local, peer, &mut req);
+    }
+    if accepts_nostr_json(headers) {
+        let mut resp = (StatusCode::OK, state.nip11.as_str().to_owned()).into_response();
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/nostr+json"),
+        );
+        return with_cors(resp);
+    }
+    let body = "This is a Pylon Nostr relay. Connect a Nostr client over WebSocket, or fetch the \
+                NIP-11 document with `Accept: application/nostr+json`.\n";
+    with_cors((StatusCode::OK, body).into_response())
+}
+
+fn wants_websocket(headers: &HeaderMap) -> bool {
+    header_has_token(headers, header::UPGRADE, "websocket")
+        && header_has_token(headers, header::CONNECTION, "upgrade")
+}
+
+fn accepts_nostr_json(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/nostr+json"))
+}
+
+fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+fn upgrade(local: LocalRelay, peer: SocketAddr, req: &mut Request) -> Response {
+    let headers = req.headers();
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .is_none_or(|v| v.as_bytes() != b"13")
+    {
+        let mut resp = (
+            StatusCode::UPGRADE_REQUIRED,
+            "WebSocket version 13 required\n",
+        )
+            .into_response();
+        resp.headers_mut().insert(
+            header::SEC_WEBSOCKET_VERSION,
+            HeaderValue::from_static("13"),
+        );
+        return resp;
+    }
+    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
+        return (StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key\n").into_response();
+    };
+    let accept = derive_accept_key(key.as_bytes());
+    let on_upgrade = hyper::upgrade::on(req);
+    tokio::spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                if let Err(e) = local.take_connection(TokioIo::new(upgraded), peer).await {
+                    // Includes clients sending malformed JSON: LocalRelay drops those connections.
+                    tracing::debug!(%peer, "relay session ended: {e}");
+                }
+            }
+            Err(e) => tracing::debug!(%peer, "websocket upgrade failed: {e}"),
+        }
+    });
+    let mut resp = Response::new(Body::empty());
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = resp.headers_mut();
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    if let Ok(v) = HeaderValue::from_str(&accept) {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+    }
+    resp
+}
+
+fn with_cors(mut resp: Response) -> Response {
+    let h = resp.headers_mut();
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static("*"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("GET, OPTIONS"),
+    );
+    resp
+}
