@@ -1,21 +1,14 @@
 //! `pylon init`, `wallet whoami` and `config show`, run as a user runs them.
 
-use std::io::Write;
 use std::process::Stdio;
 
 use serde_json::Value;
 
-use crate::common::{pylon, run_with_pass, stderr, stdout, PASS};
+use crate::common::{init_home, init_import, pylon, run_with_pass, stderr, stdout, PASS};
 
 const VECTOR_WORDS: &str =
     "leader monkey parrot ring guide accident before fence cannon height naive bean";
 const VECTOR_PUBKEY: &str = "17162c921dc4d2518f9a101db33695df1afb56ab82f5ff3e5da6eec3ca5cd917";
-
-fn init_json(home: &std::path::Path) -> Value {
-    let out = run_with_pass(pylon(home).args(["init", "--json"]), PASS);
-    assert!(out.status.success(), "init failed: {}", stderr(&out));
-    serde_json::from_str(&stdout(&out)).expect("init --json prints JSON")
-}
 
 fn whoami(home: &std::path::Path, pass: &str) -> std::process::Output {
     run_with_pass(pylon(home).args(["wallet", "whoami", "--json"]), pass)
@@ -25,7 +18,7 @@ fn whoami(home: &std::path::Path, pass: &str) -> std::process::Output {
 fn init_then_whoami() {
     let dir = tempfile::tempdir().expect("tempdir");
     let home = dir.path().join("home");
-    let created = init_json(&home);
+    let created = init_home(&home);
     assert_eq!(
         created["mnemonic"]
             .as_str()
@@ -66,21 +59,7 @@ fn init_then_whoami() {
 #[test]
 fn import_reproduces_nip06_keys() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut child = pylon(dir.path())
-        .args(["init", "--import", "--json"])
-        .env("PYLON_PASSPHRASE", PASS)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(VECTOR_WORDS.as_bytes())
-        .expect("write words");
-    let out = child.wait_with_output().expect("wait");
+    let out = init_import(dir.path(), VECTOR_WORDS, &["--json"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let me: Value = serde_json::from_str(&stdout(&out)).expect("json");
     assert_eq!(me["pubkey"], VECTOR_PUBKEY);
@@ -90,23 +69,11 @@ fn import_reproduces_nip06_keys() {
 #[test]
 fn import_rejects_bad_words_and_writes_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut child = pylon(dir.path())
-        .args(["init", "--import"])
-        .env("PYLON_PASSPHRASE", PASS)
-        .stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(
-            b"leader monkey parrot ring guide accident before fence cannon height naive naive",
-        )
-        .expect("write");
-    let out = child.wait_with_output().expect("wait");
+    let out = init_import(
+        dir.path(),
+        "leader monkey parrot ring guide accident before fence cannon height naive naive",
+        &[],
+    );
     assert!(!out.status.success());
     assert!(
         stderr(&out).contains("invalid mnemonic"),
@@ -119,7 +86,7 @@ fn import_rejects_bad_words_and_writes_nothing() {
 #[test]
 fn wrong_passphrase_is_one_clear_line_and_touches_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
-    init_json(dir.path());
+    init_home(dir.path());
     let path = dir.path().join("identity.enc");
     let before = std::fs::read(&path).expect("read");
     let out = whoami(dir.path(), "not the passphrase");
@@ -133,7 +100,7 @@ fn wrong_passphrase_is_one_clear_line_and_touches_nothing() {
 #[test]
 fn corrupt_and_truncated_files_are_named_and_left_alone() {
     let dir = tempfile::tempdir().expect("tempdir");
-    init_json(dir.path());
+    init_home(dir.path());
     let path = dir.path().join("identity.enc");
     let good = std::fs::read(&path).expect("read");
 
@@ -159,7 +126,7 @@ fn corrupt_and_truncated_files_are_named_and_left_alone() {
 #[test]
 fn init_refuses_to_replace_without_force() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let first = init_json(dir.path());
+    let first = init_home(dir.path());
     let path = dir.path().join("identity.enc");
     let before = std::fs::read(&path).expect("read");
 
@@ -182,7 +149,7 @@ fn init_refuses_to_replace_without_force() {
 #[test]
 fn missing_or_empty_passphrase_is_explained() {
     let dir = tempfile::tempdir().expect("tempdir");
-    init_json(dir.path());
+    init_home(dir.path());
     let out = pylon(dir.path())
         .args(["wallet", "whoami"])
         .env("PYLON_PASSPHRASE", "")

@@ -39,6 +39,34 @@ pub fn run_with_pass(cmd: &mut Command, pass: &str) -> Output {
         .expect("spawn pylon")
 }
 
+/// `pylon init --json` in `home`; returns its JSON report.
+pub fn init_home(home: &Path) -> Value {
+    let out = run_with_pass(pylon(home).args(["init", "--json"]), PASS);
+    assert!(out.status.success(), "init failed: {}", stderr(&out));
+    serde_json::from_str(&stdout(&out)).expect("init --json prints JSON")
+}
+
+/// `pylon init --import` with `words` piped on stdin, plus `extra` arguments.
+pub fn init_import(home: &Path, words: &str, extra: &[&str]) -> Output {
+    use std::io::Write;
+    let mut child = pylon(home)
+        .args(["init", "--import"])
+        .args(extra)
+        .env("PYLON_PASSPHRASE", PASS)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(words.as_bytes())
+        .expect("write words");
+    child.wait_with_output().expect("wait")
+}
+
 /// Standard output as text.
 pub fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use nostr_sdk::{Client, EventBuilder, Filter, Keys, Kind};
 use serde_json::Value;
 
-use crate::common::{closed_port, pylon, stderr, stdout, RelayProcess};
+use crate::common::{closed_port, init_home, pylon, stderr, stdout, RelayProcess};
 
 #[tokio::test]
 async fn relay_keeps_every_event_across_a_restart() {
@@ -98,12 +98,7 @@ fn one_shot_command_with_a_dead_relay_fails_fast_and_says_what_to_do() {
 #[test]
 fn doctor_reports_a_dead_relay_as_failed() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let out = pylon(dir.path())
-        .args(["init", "--json"])
-        .env("PYLON_PASSPHRASE", crate::common::PASS)
-        .output()
-        .expect("init");
-    assert!(out.status.success());
+    init_home(dir.path());
     let dead = format!("ws://127.0.0.1:{}", closed_port());
     let out = pylon(dir.path())
         .args(["--relay", &dead, "doctor", "--json"])
@@ -134,12 +129,7 @@ fn doctor_reports_a_dead_relay_as_failed() {
 #[test]
 fn doctor_passes_against_a_live_relay() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let out = pylon(dir.path())
-        .args(["init", "--json"])
-        .env("PYLON_PASSPHRASE", crate::common::PASS)
-        .output()
-        .expect("init");
-    assert!(out.status.success());
+    init_home(dir.path());
     let relay = RelayProcess::start(dir.path(), &dir.path().join("store"));
     let out = pylon(dir.path())
         .args(["--relay", &relay.url, "doctor", "--json"])
