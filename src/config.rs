@@ -7,10 +7,12 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use nostr_sdk::RelayUrl;
+use nostr_sdk::nips::nip47::NostrWalletConnectURI;
+use nostr_sdk::{PublicKey, RelayUrl};
 use serde::{Deserialize, Serialize};
 
 use crate::home::Home;
+use crate::hub::{FaucetLimits, HubSettings};
 use crate::relay::settings::{RelaySettings, SettingsError};
 
 /// The relay every role uses by default: the local appliance relay.
@@ -38,18 +40,69 @@ pub enum ConfigError {
     /// Bad `[relay]` table.
     #[error("{0}: {1}")]
     Relay(PathBuf, SettingsError),
+    /// Bad `[wallet]` or `[hub]` values.
+    #[error("{0}")]
+    Wallet(String),
     /// Cannot write the file.
     #[error("cannot write {0}: {1}")]
     Write(PathBuf, std::io::Error),
 }
 
-/// The Lightning network money lives on. v0.1 is a testnet appliance: regtest only.
+/// The Lightning network money lives on. The embedded hub and its faucet serve regtest only;
+/// other networks need a real wallet through `wallet.nwc_uri`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Network {
     /// Local regtest money from the embedded hub.
     #[default]
     Regtest,
+    /// Bitcoin testnet.
+    Testnet,
+    /// Bitcoin signet.
+    Signet,
+    /// Real bitcoin.
+    Mainnet,
+}
+
+impl Network {
+    /// Whether the embedded hub, its faucet and hub discovery may be used.
+    pub fn is_regtest(self) -> bool {
+        self == Self::Regtest
+    }
+}
+
+/// How this node reaches its wallet (the `[wallet]` table).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct WalletConfig {
+    /// A `nostr+walletconnect://` URI: any NIP-47 wallet. Wins over everything else.
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "redacted")]
+    pub nwc_uri: Option<String>,
+    /// A pinned Pylon hub (its service pubkey).
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "pubkey_hex")]
+    pub hub: Option<PublicKey>,
+    /// Seconds a wallet request may take.
+    pub timeout_secs: u64,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WalletFile {
+    nwc_uri: Option<String>,
+    hub: Option<String>,
+    timeout_secs: Option<u64>,
+}
+
+/// The `[hub]` table, as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HubFile {
+    faucet_max_sats: Option<u64>,
+    faucet_daily_sats: Option<u64>,
+    faucet_requests_per_minute: Option<u32>,
+    invoice_expiry_secs: Option<u64>,
+    requests_per_second: Option<u32>,
+    request_burst: Option<u32>,
+    allow_clients: Option<Vec<String>>,
 }
 
 /// The configuration every command runs with.
@@ -71,6 +124,11 @@ pub struct Config {
     /// Price per job kind, msats.
     #[serde(serialize_with = "prices_by_kind_name")]
     pub prices: BTreeMap<u16, u64>,
+    /// How to reach the wallet.
+    pub wallet: WalletConfig,
+    /// The embedded hub.
+    #[serde(serialize_with = "hub_settings")]
+    pub hub: HubSettings,
 }
 
 /// The file as written: every field optional so a short file means "defaults for the rest".
@@ -82,6 +140,8 @@ struct ConfigFile {
     fallback_timeout_secs: Option<u64>,
     relay: Option<toml::Table>,
     prices: Option<BTreeMap<String, u64>>,
+    wallet: Option<WalletFile>,
+    hub: Option<HubFile>,
 }
 
 impl Config {
@@ -123,6 +183,8 @@ impl Config {
                 .collect::<Result<_, _>>()?,
             None => DEFAULT_PRICES.into_iter().collect(),
         };
+        let wallet = parse_wallet(file.wallet.unwrap_or_default(), path)?;
+        let hub = parse_hub(file.hub.unwrap_or_default(), path)?;
         Ok(Self {
             source: Some(path.to_path_buf()),
             network: file.network.unwrap_or_default(),
@@ -130,7 +192,19 @@ impl Config {
             fallback_timeout: Duration::from_secs(file.fallback_timeout_secs.unwrap_or(5)),
             relay,
             prices,
+            wallet,
+            hub,
         })
+    }
+
+    /// Sets the NWC URI for this run (the `--nwc` flag), validating it.
+    pub fn override_nwc(&mut self, uri: Option<&str>) -> Result<(), ConfigError> {
+        if let Some(uri) = uri {
+            NostrWalletConnectURI::parse(uri)
+                .map_err(|e| ConfigError::Wallet(format!("--nwc: {e}")))?;
+            self.wallet.nwc_uri = Some(uri.to_string());
+        }
+        Ok(())
     }
 
     /// Replaces the configured relays for this run (the global `--relay` flag).
@@ -191,10 +265,90 @@ fallback_timeout_secs = 5
 # allow_kinds = []            # only these kinds are accepted
 # min_pow_job_requests = 0    # NIP-13 difficulty required of job requests
 
+# How this node reaches its wallet. With neither key set, a node on regtest finds a Pylon hub
+# on its relays by itself.
+[wallet]
+# nwc_uri = "nostr+walletconnect://..."   # any NIP-47 wallet (Alby Hub, LNbits, ...); wins
+# hub = "npub1..."                        # pin one Pylon hub
+timeout_secs = 20
+
+# The regtest hub this node runs with `pylon hub` (or `pylon up`).
+[hub]
+faucet_max_sats = 100000            # largest faucet grant
+faucet_daily_sats = 1000000         # per requesting key, rolling 24 h
+faucet_requests_per_minute = 30
+invoice_expiry_secs = 3600          # when a request gives none
+requests_per_second = 500           # per client, sustained
+request_burst = 2000
+allow_clients = []                  # empty: any key may open an account
+
 # What this node charges per job, in millisatoshis, by job request kind.
 [prices]
 {prices}"#
     )
+}
+
+fn parse_wallet(file: WalletFile, path: &Path) -> Result<WalletConfig, ConfigError> {
+    let at = path.display();
+    if let Some(uri) = &file.nwc_uri {
+        NostrWalletConnectURI::parse(uri)
+            .map_err(|e| ConfigError::Wallet(format!("{at}: [wallet] nwc_uri: {e}")))?;
+    }
+    let hub = file
+        .hub
+        .as_deref()
+        .map(PublicKey::parse)
+        .transpose()
+        .map_err(|e| {
+            ConfigError::Wallet(format!(
+                "{at}: [wallet] hub is not a public key (npub or hex): {e}"
+            ))
+        })?;
+    Ok(WalletConfig {
+        nwc_uri: file.nwc_uri,
+        hub,
+        timeout_secs: file.timeout_secs.unwrap_or(20).max(1),
+    })
+}
+
+fn parse_hub(file: HubFile, path: &Path) -> Result<HubSettings, ConfigError> {
+    let d = HubSettings::default();
+    let allow_clients = file
+        .allow_clients
+        .unwrap_or_default()
+        .iter()
+        .map(|k| {
+            PublicKey::parse(k).map_err(|e| {
+                ConfigError::Wallet(format!(
+                    "{}: [hub] allow_clients: `{k}`: {e}",
+                    path.display()
+                ))
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(HubSettings {
+        faucet: FaucetLimits {
+            max_msat_per_request: file
+                .faucet_max_sats
+                .map_or(d.faucet.max_msat_per_request, |s| s.saturating_mul(1000)),
+            max_msat_per_day: file
+                .faucet_daily_sats
+                .map_or(d.faucet.max_msat_per_day, |s| s.saturating_mul(1000)),
+            max_requests_per_minute: file
+                .faucet_requests_per_minute
+                .unwrap_or(d.faucet.max_requests_per_minute),
+        },
+        default_expiry_secs: file
+            .invoice_expiry_secs
+            .unwrap_or(d.default_expiry_secs)
+            .max(1),
+        requests_per_second: file
+            .requests_per_second
+            .unwrap_or(d.requests_per_second)
+            .max(1),
+        request_burst: file.request_burst.unwrap_or(d.request_burst).max(1),
+        allow_clients,
+    })
 }
 
 /// Parses a relay URL, accepting only WebSocket schemes.
@@ -223,6 +377,41 @@ fn prices_by_kind_name<S: serde::Serializer>(
     s.collect_map(prices.iter().map(|(k, v)| (k.to_string(), v)))
 }
 
+fn redacted<S: serde::Serializer>(uri: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    // The URI holds a secret; show where it points, never the secret.
+    match uri.as_deref().map(NostrWalletConnectURI::parse) {
+        Some(Ok(u)) => s.serialize_str(&format!(
+            "nostr+walletconnect://{}?secret=<hidden>",
+            u.public_key.to_hex()
+        )),
+        _ => s.serialize_str("<hidden>"),
+    }
+}
+
+fn pubkey_hex<S: serde::Serializer>(key: &Option<PublicKey>, s: S) -> Result<S::Ok, S::Error> {
+    match key {
+        Some(k) => s.serialize_str(&k.to_hex()),
+        None => s.serialize_none(),
+    }
+}
+
+fn hub_settings<S: serde::Serializer>(h: &HubSettings, s: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeStruct;
+    let mut st = s.serialize_struct("hub", 7)?;
+    st.serialize_field("faucet_max_sats", &(h.faucet.max_msat_per_request / 1000))?;
+    st.serialize_field("faucet_daily_sats", &(h.faucet.max_msat_per_day / 1000))?;
+    st.serialize_field(
+        "faucet_requests_per_minute",
+        &h.faucet.max_requests_per_minute,
+    )?;
+    st.serialize_field("invoice_expiry_secs", &h.default_expiry_secs)?;
+    st.serialize_field("requests_per_second", &h.requests_per_second)?;
+    st.serialize_field("request_burst", &h.request_burst)?;
+    let clients: Vec<String> = h.allow_clients.iter().map(|k| k.to_hex()).collect();
+    st.serialize_field("allow_clients", &clients)?;
+    st.end()
+}
+
 fn secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_u64(d.as_secs())
 }
@@ -247,7 +436,8 @@ mod tests {
         for (text, key) in [
             ("relayz = []", "relayz"),
             ("[relay]\nbindd = \"1.2.3.4:5\"", "bindd"),
-            ("[wallet]\nx = 1", "wallet"),
+            ("[wallet]\nnwc = 1", "nwc"),
+            ("[walet]\nhub = 1", "walet"),
         ] {
             let err = Config::parse(text, Path::new("c.toml"))
                 .expect_err(text)
@@ -258,10 +448,10 @@ mod tests {
 
     #[test]
     fn bad_values_are_explained() {
-        let err = Config::parse("network = \"mainnet\"", Path::new("c"))
-            .expect_err("mainnet")
+        let err = Config::parse("network = \"bitcoin\"", Path::new("c"))
+            .expect_err("bitcoin")
             .to_string();
-        assert!(err.contains("mainnet") && err.contains("regtest"), "{err}");
+        assert!(err.contains("bitcoin") && err.contains("regtest"), "{err}");
         let err = Config::parse("relays = [\"http://x\"]", Path::new("c"))
             .expect_err("http")
             .to_string();
@@ -271,6 +461,30 @@ mod tests {
             .to_string();
         assert!(err.contains("`text`"), "{err}");
         assert!(!err.contains('\n'), "one line: {err}");
+    }
+
+    #[test]
+    fn wallet_and_hub_tables() {
+        let err =
+            Config::parse("[wallet]\nhub = \"npub1nope\"", Path::new("c")).expect_err("bad key");
+        assert!(err.to_string().contains("[wallet] hub"), "{err}");
+        let hub = nostr_sdk::Keys::generate().public_key();
+        let c = Config::parse(
+            &format!(
+                "network = \"signet\"\n[wallet]\nhub = \"{}\"\n[hub]\nfaucet_max_sats = 5",
+                hub.to_hex()
+            ),
+            Path::new("c"),
+        )
+        .expect("valid");
+        assert!(!c.network.is_regtest());
+        assert_eq!(c.wallet.hub, Some(hub));
+        assert_eq!(c.hub.faucet.max_msat_per_request, 5000);
+        let err = Config::parse("[wallet]\nnwc_uri = \"http://nope\"", Path::new("c"))
+            .expect_err("bad uri");
+        assert!(err.to_string().contains("nwc_uri"), "{err}");
+        let err = Config::parse("[hub]\nfaucet = 1", Path::new("c")).expect_err("unknown");
+        assert!(err.to_string().contains("faucet"), "{err}");
     }
 
     #[test]

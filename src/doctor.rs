@@ -157,7 +157,7 @@ async fn check_relay(url: &RelayUrl) -> Check {
         Ok(samples[samples.len() / 2])
     }
     .await;
-    client.shutdown().await;
+    crate::relay::client::close(&client).await;
     let nip11_text = match &nip11 {
         Ok(doc) => format!("NIP-11 name {:?}", doc["name"].as_str().unwrap_or("?")),
         Err(e) => format!("no NIP-11 ({e})"),

@@ -57,6 +57,16 @@ impl Home {
         self.root.join("relay")
     }
 
+    /// The hub's directory.
+    pub fn hub_dir(&self) -> PathBuf {
+        self.root.join("hub")
+    }
+
+    /// The hub's SQLite ledger.
+    pub fn hub_ledger(&self) -> PathBuf {
+        self.hub_dir().join("ledger.db")
+    }
+
     /// Rotating log files.
     pub fn logs_dir(&self) -> PathBuf {
         self.root.join("logs")

@@ -7,10 +7,15 @@
 //! - [`doctor`] — environment checks;
 //! - [`logging`] — tracing setup.
 
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod doctor;
 pub mod home;
+pub mod hub;
 pub mod identity;
 pub mod logging;
+pub mod protocol;
+pub mod ratelimit;
 pub mod relay;
+pub mod wallet;

@@ -1,9 +1,11 @@
 //! The command line: a thin shell that parses arguments once into typed values and calls the
 //! library. One file per command group.
 
+mod bench;
 mod config;
 mod doctor;
 mod events;
+mod hub;
 mod init;
 mod output;
 mod prompt;
@@ -39,6 +41,16 @@ pub struct Cli {
     #[arg(long = "relay", global = true, value_name = "URL")]
     relays: Vec<String>,
 
+    /// Wallet to use: a nostr+walletconnect:// URI (overrides wallet.nwc_uri)
+    #[arg(
+        long,
+        global = true,
+        value_name = "URI",
+        env = "PYLON_NWC",
+        hide_env_values = true
+    )]
+    nwc: Option<String>,
+
     /// More log output on stderr (-v info, -vv debug, -vvv trace); RUST_LOG overrides
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -55,7 +67,7 @@ pub struct Cli {
 enum Command {
     /// Create this node's identity (a 24-word mnemonic) and a default config.toml
     Init(init::InitArgs),
-    /// Keys and money: who this node is
+    /// Keys and money: who this node is, balance, invoices, payments, faucet
     #[command(subcommand)]
     Wallet(wallet::WalletCommand),
     /// Show the configuration in effect
@@ -63,16 +75,22 @@ enum Command {
     Config(config::ConfigCommand),
     /// Run the embedded Nostr relay in the foreground
     Relay(relay::RelayArgs),
+    /// Run the regtest Lightning hub (NIP-47 wallet service with a faucet), or audit it
+    Hub(hub::HubArgs),
     /// Check identity, config, relays and the data directory
     Doctor(doctor::DoctorArgs),
     /// Query raw events from the relays (an auditor's view of the market)
     Events(events::EventsArgs),
+    /// Benchmarks, each beside a raw-relay baseline measured in the same run (JSON with --json)
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
 }
 
 /// What every command gets: the resolved home and the global flags.
 pub(crate) struct Context {
     home: Home,
     relay_override: Vec<String>,
+    nwc_override: Option<String>,
 }
 
 impl Context {
@@ -80,6 +98,7 @@ impl Context {
     fn config(&self) -> anyhow::Result<Config> {
         let mut config = Config::load(&self.home)?;
         config.override_relays(&self.relay_override)?;
+        config.override_nwc(self.nwc_override.as_deref())?;
         Ok(config)
     }
 
@@ -109,6 +128,7 @@ pub fn main() -> ExitCode {
     let ctx = Context {
         home,
         relay_override: cli.relays,
+        nwc_override: cli.nwc,
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -135,8 +155,10 @@ async fn run(command: Command, ctx: Context) -> anyhow::Result<ExitCode> {
         Command::Wallet(cmd) => wallet::run(&ctx, cmd).await,
         Command::Config(cmd) => config::run(&ctx, cmd),
         Command::Relay(args) => relay::run(&ctx, args).await,
+        Command::Hub(args) => hub::run(&ctx, args).await,
         Command::Doctor(args) => doctor::run(&ctx, args).await,
         Command::Events(args) => events::run(&ctx, args).await,
+        Command::Bench(cmd) => bench::run(cmd).await,
     }
 }
 

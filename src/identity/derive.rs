@@ -1,6 +1,7 @@
 //! Key derivation from the mnemonic: NIP-06 for Nostr, BIP32 for the Lightning node key.
 
 use bitcoin::bip32::{DerivationPath, Xpriv};
+use bitcoin::hashes::{sha256, Hash};
 use bitcoin::secp256k1::{PublicKey, Secp256k1, SecretKey};
 use nostr_sdk::nips::nip06::FromMnemonic;
 use nostr_sdk::Keys;
@@ -52,5 +53,26 @@ impl NodeKey {
     /// The public key as 66 hex characters (compressed point).
     pub fn public_hex(&self) -> String {
         self.public.to_string()
+    }
+}
+
+/// Keys for one purpose (e.g. the NWC client secret), derived as
+/// `sha256("pylon/" || purpose || counter || seed)`: independent of the NIP-06 and BIP32 paths, so
+/// no standard wallet derives the same key by accident. The counter only moves past the
+/// negligible chance of a digest outside the curve order.
+pub(super) fn purpose_keys(seed: &[u8], purpose: &str) -> Keys {
+    let mut counter: u8 = 0;
+    loop {
+        let mut data = Vec::with_capacity(6 + purpose.len() + 1 + seed.len());
+        data.extend_from_slice(b"pylon/");
+        data.extend_from_slice(purpose.as_bytes());
+        data.push(counter);
+        data.extend_from_slice(seed);
+        let digest = zeroize::Zeroizing::new(sha256::Hash::hash(&data).to_byte_array());
+        zeroize::Zeroize::zeroize(&mut data);
+        if let Ok(secret) = nostr_sdk::SecretKey::from_slice(&digest[..]) {
+            return Keys::new(secret);
+        }
+        counter = counter.wrapping_add(1);
     }
 }

@@ -30,6 +30,7 @@ pub enum IdentityError {
 /// A loaded identity: the mnemonic and the keys derived from it.
 pub struct Identity {
     mnemonic: Zeroizing<String>,
+    seed: Zeroizing<[u8; 64]>,
     nostr: Keys,
     node: NodeKey,
 }
@@ -68,6 +69,7 @@ impl Identity {
         let node = NodeKey::derive(&seed[..])?;
         Ok(Self {
             mnemonic: normalised,
+            seed,
             nostr,
             node,
         })
@@ -86,6 +88,17 @@ impl Identity {
     /// The Lightning node key.
     pub fn node_key(&self) -> &NodeKey {
         &self.node
+    }
+
+    /// The secret this node uses as a Nostr Wallet Connect client: its account on a hub.
+    /// Derived, so the same mnemonic always reaches the same account.
+    pub fn wallet_client_keys(&self) -> Keys {
+        derive::purpose_keys(&self.seed[..], "nwc-client")
+    }
+
+    /// The keys of the wallet service this identity runs with `pylon hub`.
+    pub fn hub_keys(&self) -> Keys {
+        derive::purpose_keys(&self.seed[..], "hub-service")
     }
 
     /// The public half, safe to print and share.
@@ -173,6 +186,27 @@ mod tests {
         ));
         assert!(Identity::from_mnemonic("not a mnemonic at all").is_err());
         assert!(Identity::from_mnemonic("").is_err());
+    }
+
+    #[test]
+    fn purpose_keys_are_distinct_and_stable() {
+        let id = Identity::from_mnemonic(
+            "leader monkey parrot ring guide accident before fence cannon height naive bean",
+        )
+        .expect("valid");
+        let again = Identity::from_mnemonic(id.mnemonic()).expect("valid");
+        assert_eq!(
+            id.wallet_client_keys().public_key(),
+            again.wallet_client_keys().public_key()
+        );
+        let keys = [
+            id.nostr_keys().public_key(),
+            id.wallet_client_keys().public_key(),
+            id.hub_keys().public_key(),
+        ];
+        assert_ne!(keys[0], keys[1]);
+        assert_ne!(keys[1], keys[2]);
+        assert_ne!(keys[0], keys[2]);
     }
 
     #[test]

@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use nostr_sdk::prelude::Events;
 use nostr_sdk::{
-    Client, ClientMessage, Event, EventId, Filter, Keys, RelayPoolNotification, RelayUrl,
+    Client, ClientMessage, ClientOptions, Event, EventId, Filter, Keys, RelayPoolNotification,
+    RelayPoolOptions, RelayUrl,
 };
 use serde::Serialize;
 use tokio::sync::broadcast;
@@ -21,6 +22,12 @@ use tokio::sync::broadcast;
 use super::server::{EmbeddedRelay, RelayError};
 use super::settings::RelaySettings;
 use super::transport::NoDelayTransport;
+
+/// How long a publish may wait for room in a full outgoing queue.
+const PUBLISH_BACKPRESSURE: Duration = Duration::from_secs(10);
+/// Pool notification buffer: a hub or coordinator receives bursts of events; a lagging receiver
+/// loses the oldest, so room matters more than the few megabytes it costs.
+const NOTIFICATION_BUFFER: usize = 16_384;
 
 /// How long a one-shot command waits for any relay before giving up.
 pub const ONE_SHOT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -91,6 +98,10 @@ impl MarketClient {
         let client = Client::builder()
             .signer(keys)
             .websocket_transport(NoDelayTransport)
+            .opts(
+                ClientOptions::new()
+                    .pool(RelayPoolOptions::new().notification_channel_size(NOTIFICATION_BUFFER)),
+            )
             .build();
         for url in relays {
             client.add_relay(url).await?;
@@ -176,30 +187,39 @@ impl MarketClient {
     }
 
     /// Publishes `event`. Regular events wait for at least one relay's `OK: true`; ephemeral events
-    /// return once handed to a connected relay (see the module documentation).
+    /// return once handed to a connected relay (see the module documentation). When the client's
+    /// outgoing queue is full (a burst), it waits and retries rather than dropping the event.
     pub async fn publish(&self, event: &Event) -> Result<EventId, ClientError> {
-        if event.kind.is_ephemeral() {
-            let urls = self.relay_urls().await;
-            let output = self
-                .client
-                .send_msg_to(urls, ClientMessage::event(event.clone()))
-                .await?;
-            if output.success.is_empty() {
+        let deadline = tokio::time::Instant::now() + PUBLISH_BACKPRESSURE;
+        let mut pause = Duration::from_millis(1);
+        loop {
+            let failed = if event.kind.is_ephemeral() {
+                let urls = self.relay_urls().await;
+                let output = self
+                    .client
+                    .send_msg_to(urls, ClientMessage::event(event.clone()))
+                    .await?;
+                if !output.success.is_empty() {
+                    return Ok(event.id);
+                }
+                output.failed
+            } else {
+                let output = self.client.send_event(event).await?;
+                if !output.success.is_empty() {
+                    return Ok(event.id);
+                }
+                output.failed
+            };
+            let backpressure = failed.values().any(|why| why.contains("channel"));
+            if !backpressure || tokio::time::Instant::now() >= deadline {
                 return Err(ClientError::Rejected {
                     id: event.id,
-                    reasons: join_reasons(&output.failed),
+                    reasons: join_reasons(&failed),
                 });
             }
-            return Ok(event.id);
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(50));
         }
-        let output = self.client.send_event(event).await?;
-        if output.success.is_empty() {
-            return Err(ClientError::Rejected {
-                id: event.id,
-                reasons: join_reasons(&output.failed),
-            });
-        }
-        Ok(event.id)
     }
 
     /// Stored events matching `filter`, gathered until every relay sent EOSE or `timeout` passed.
@@ -214,11 +234,19 @@ impl MarketClient {
 
     /// Disconnects, and stops the embedded relay if this client started it.
     pub async fn shutdown(mut self) {
-        self.client.shutdown().await;
+        close(&self.client).await;
         if let Some(relay) = self.embedded.take() {
             relay.shutdown().await;
         }
     }
+}
+
+/// Shuts a nostr-sdk client down politely. nostr-sdk marks relays terminated at once and sends the
+/// WebSocket Close frame from its connection tasks afterwards; waiting a moment means a process
+/// that exits next does not leave relays logging "connection reset".
+pub async fn close(client: &Client) {
+    client.shutdown().await;
+    tokio::time::sleep(Duration::from_millis(25)).await;
 }
 
 fn describe_failures(relays: &[RelayUrl], failed: &HashMap<RelayUrl, String>) -> String {

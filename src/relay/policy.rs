@@ -4,7 +4,7 @@
 //! nostr-relay-builder's own limiter is replaced (set to unlimited) because it only refills when a
 //! client pauses for a whole second, so a busy node publishing steadily is starved after 60 events.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::Instant;
@@ -14,9 +14,7 @@ use nostr_sdk::nostr::util::BoxedFuture;
 use nostr_sdk::{Event, JsonUtil, PublicKey};
 
 use super::settings::RelaySettings;
-
-/// Forget a connection's bucket after this long without an event (its connection is likely gone).
-const IDLE_BUCKET_SECS: u64 = 300;
+use crate::ratelimit::TokenBuckets;
 
 /// The write policy installed on the embedded relay.
 #[derive(Debug)]
@@ -27,7 +25,7 @@ pub struct MarketPolicy {
     allow_kinds: HashSet<u16>,
     min_pow_job_requests: u8,
     exempt: HashSet<PublicKey>,
-    limiter: Mutex<Limiter>,
+    limiter: Mutex<TokenBuckets<SocketAddr>>,
 }
 
 impl MarketPolicy {
@@ -40,12 +38,10 @@ impl MarketPolicy {
             allow_kinds: settings.allow_kinds.iter().copied().collect(),
             min_pow_job_requests: settings.min_pow_job_requests,
             exempt: settings.rate_limit_exempt.iter().copied().collect(),
-            limiter: Mutex::new(Limiter {
-                rate: f64::from(settings.events_per_second),
-                burst: f64::from(settings.event_burst),
-                buckets: HashMap::new(),
-                calls: 0,
-            }),
+            limiter: Mutex::new(TokenBuckets::new(
+                f64::from(settings.events_per_second),
+                f64::from(settings.event_burst),
+            )),
         }
     }
 
@@ -89,8 +85,10 @@ impl MarketPolicy {
 
     fn take_token(&self, addr: SocketAddr, now: Instant) -> bool {
         // A poisoned lock only means another thread panicked mid-update; the counts are still usable.
-        let mut limiter = self.limiter.lock().unwrap_or_else(|p| p.into_inner());
-        limiter.take(addr, now)
+        self.limiter
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take(addr, now)
     }
 }
 
@@ -106,45 +104,6 @@ impl WritePolicy for MarketPolicy {
                 Err(reason) => PolicyResult::Reject(reason),
             }
         })
-    }
-}
-
-/// Token buckets, one per connection.
-#[derive(Debug)]
-struct Limiter {
-    rate: f64,
-    burst: f64,
-    buckets: HashMap<SocketAddr, Bucket>,
-    calls: u64,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Bucket {
-    tokens: f64,
-    last: Instant,
-}
-
-impl Limiter {
-    fn take(&mut self, addr: SocketAddr, now: Instant) -> bool {
-        self.calls += 1;
-        if self.calls % 4096 == 0 {
-            self.buckets
-                .retain(|_, b| now.duration_since(b.last).as_secs() < IDLE_BUCKET_SECS);
-        }
-        let burst = self.burst;
-        let bucket = self.buckets.entry(addr).or_insert(Bucket {
-            tokens: burst,
-            last: now,
-        });
-        let elapsed = now.saturating_duration_since(bucket.last).as_secs_f64();
-        bucket.tokens = (bucket.tokens + elapsed * self.rate).min(burst);
-        bucket.last = now;
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
     }
 }
 

@@ -83,40 +83,48 @@ pub fn closed_port() -> u16 {
     listener.local_addr().expect("addr").port()
 }
 
-/// A `pylon relay` process; killed when dropped.
-pub struct RelayProcess {
+/// A long-running `pylon` process whose first stdout line announces it; killed when dropped.
+pub struct Spawned {
     pub child: Child,
-    pub url: String,
+    pub first_line: String,
 }
 
-impl RelayProcess {
-    /// Starts `pylon relay` on an ephemeral port with the given store and waits for its URL.
-    pub fn start(home: &Path, data: &Path) -> Self {
-        let mut child = pylon(home)
-            .args(["relay", "--bind", "127.0.0.1:0", "--data"])
-            .arg(data)
+impl Spawned {
+    /// Spawns `cmd` (stdout piped) and waits for its first line.
+    pub fn start(cmd: &mut Command) -> Self {
+        let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .expect("spawn relay");
+            .expect("spawn pylon");
         let stdout = child.stdout.take().expect("stdout");
         let mut lines = BufReader::new(stdout).lines();
-        let first = lines.next().expect("relay printed a line").expect("utf-8");
-        let url = first
-            .split_whitespace()
-            .find(|w| w.starts_with("ws://"))
-            .unwrap_or_else(|| panic!("no ws:// URL in {first:?}"))
-            .to_string();
-        // Keep draining stdout so the relay never blocks on a full pipe.
+        let first_line = match lines.next() {
+            Some(Ok(line)) => line,
+            other => {
+                let _ = child.kill();
+                panic!("process printed no first line: {other:?}");
+            }
+        };
+        // Keep draining stdout so the process never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
-        Self { child, url }
+        Self { child, first_line }
     }
 
-    /// Sends SIGTERM and waits for the exit status.
-    pub fn terminate(mut self) -> std::process::ExitStatus {
+    /// The first word of the first line that starts with `prefix`.
+    pub fn word(&self, prefix: &str) -> String {
+        self.first_line
+            .split_whitespace()
+            .find(|w| w.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no {prefix}… in {:?}", self.first_line))
+            .to_string()
+    }
+
+    /// Sends `signal` (e.g. "TERM", "KILL") and waits for the exit status.
+    pub fn signal(mut self, signal: &str) -> std::process::ExitStatus {
         let pid = self.child.id().to_string();
         let status = Command::new("kill")
-            .args(["-TERM", &pid])
+            .args([&format!("-{signal}"), &pid])
             .status()
             .expect("kill");
         assert!(status.success());
@@ -124,11 +132,51 @@ impl RelayProcess {
     }
 }
 
-impl Drop for RelayProcess {
+impl Drop for Spawned {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A `pylon relay` process on an ephemeral port.
+pub struct RelayProcess {
+    pub process: Spawned,
+    pub url: String,
+}
+
+impl RelayProcess {
+    /// Starts `pylon relay` on an ephemeral port with the given store and waits for its URL.
+    pub fn start(home: &Path, data: &Path) -> Self {
+        let process = Spawned::start(
+            pylon(home)
+                .args(["relay", "--bind", "127.0.0.1:0", "--data"])
+                .arg(data),
+        );
+        let url = process.word("ws://");
+        Self { process, url }
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(self) -> std::process::ExitStatus {
+        self.process.signal("TERM")
+    }
+}
+
+/// A `pylon hub` process for an initialised `home`, on `relay`. Returns it and its pubkey (hex).
+pub fn start_hub_process(home: &Path, relay: &str) -> (Spawned, String) {
+    let hub = Spawned::start(
+        pylon(home)
+            .args(["--relay", relay, "hub"])
+            .env("PYLON_PASSPHRASE", PASS),
+    );
+    let pubkey = hub
+        .first_line
+        .split_whitespace()
+        .nth(2)
+        .unwrap_or_else(|| panic!("hub line {:?}", hub.first_line))
+        .to_string();
+    (hub, pubkey)
 }
 
 /// A raw NIP-01 WebSocket client, to see exactly what a relay sends.
@@ -199,5 +247,124 @@ impl RawClient {
                 events.push(msg[2].clone());
             }
         }
+    }
+}
+
+/// An in-process market: the embedded relay and a hub on a temp ledger, on an ephemeral port.
+pub struct Market {
+    pub relay: pylon::relay::EmbeddedRelay,
+    pub hub: pylon::hub::RunningHub,
+    pub hub_keys: nostr_sdk::Keys,
+    node_key: bitcoin::secp256k1::SecretKey,
+    settings: pylon::hub::HubSettings,
+    dir: tempfile::TempDir,
+}
+
+impl Market {
+    pub async fn start() -> Self {
+        Self::start_with(pylon::hub::HubSettings::default()).await
+    }
+
+    pub async fn start_with(settings: pylon::hub::HubSettings) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let relay_settings = pylon::relay::RelaySettings {
+            bind: "127.0.0.1:0".parse().expect("addr"),
+            ..Default::default()
+        };
+        let relay = pylon::relay::EmbeddedRelay::start(&relay_settings, &dir.path().join("relay"))
+            .await
+            .expect("relay");
+        let hub_keys = nostr_sdk::Keys::generate();
+        let node_key = bitcoin::secp256k1::SecretKey::new(&mut rand::thread_rng());
+        let hub = Self::start_hub(&relay, &hub_keys, node_key, &settings, dir.path()).await;
+        Self {
+            relay,
+            hub,
+            hub_keys,
+            node_key,
+            settings,
+            dir,
+        }
+    }
+
+    async fn start_hub(
+        relay: &pylon::relay::EmbeddedRelay,
+        keys: &nostr_sdk::Keys,
+        node_key: bitcoin::secp256k1::SecretKey,
+        settings: &pylon::hub::HubSettings,
+        dir: &Path,
+    ) -> pylon::hub::RunningHub {
+        let ledger = pylon::hub::Ledger::open(&dir.join("ledger.db")).expect("ledger");
+        let service = pylon::hub::Service::new(keys.clone(), node_key, ledger, settings.clone());
+        let client = pylon::relay::MarketClient::connect(
+            keys.clone(),
+            &[relay.url()],
+            Duration::from_secs(5),
+            pylon::relay::Reachability::OneShot,
+        )
+        .await
+        .expect("hub connects");
+        pylon::hub::start(service, std::sync::Arc::new(client))
+            .await
+            .expect("hub starts")
+    }
+
+    /// Stops the hub and starts a new one on the same ledger and keys (a process restart).
+    pub async fn restart_hub(&mut self) {
+        let fresh = Self::start_hub(
+            &self.relay,
+            &self.hub_keys,
+            self.node_key,
+            &self.settings,
+            self.dir.path(),
+        )
+        .await;
+        let old = std::mem::replace(&mut self.hub, fresh);
+        old.stop().await;
+    }
+
+    /// A connection URI for a new (or given) client key.
+    pub fn uri(&self, client: &nostr_sdk::Keys) -> nostr_sdk::nips::nip47::NostrWalletConnectURI {
+        nostr_sdk::nips::nip47::NostrWalletConnectURI::new(
+            self.hub_keys.public_key(),
+            vec![self.relay.url()],
+            client.secret_key().clone(),
+            None,
+        )
+    }
+
+    /// A wallet client with a fresh account.
+    pub async fn wallet(&self) -> pylon::wallet::NwcWallet {
+        pylon::wallet::NwcWallet::connect(
+            &self.uri(&nostr_sdk::Keys::generate()),
+            Default::default(),
+        )
+        .await
+        .expect("wallet connects")
+    }
+
+    /// A wallet client holding `sats` from the faucet.
+    pub async fn funded_wallet(&self, sats: u64) -> pylon::wallet::NwcWallet {
+        use pylon::wallet::Wallet;
+        let w = self.wallet().await;
+        let inv = w
+            .make_invoice(pylon::protocol::nip47::MakeInvoiceParams {
+                amount: sats * 1000,
+                description: Some("faucet".into()),
+                description_hash: None,
+                expiry: None,
+            })
+            .await
+            .expect("invoice");
+        w.faucet(inv.invoice.expect("bolt11"))
+            .await
+            .expect("faucet pays");
+        w
+    }
+
+    pub fn audit(&self) -> pylon::hub::AuditReport {
+        let ledger = self.hub.service().ledger();
+        let guard = ledger.lock().expect("ledger lock");
+        guard.audit().expect("audit")
     }
 }

@@ -2,6 +2,9 @@
 
 mod cli_identity;
 mod common;
+mod external_relay;
 mod fallback;
+mod hub_process;
+mod hub_wallet;
 mod relay_process;
 mod relay_protocol;

@@ -1,0 +1,148 @@
+//! The baseline every benchmark compares against: the raw relay, driven through the same client
+//! stack the roles use. Round trip = publish an event and receive it on a subscription; rate =
+//! events a publisher can push through to a subscriber per second.
+
+use std::time::{Duration, Instant};
+
+use nostr_sdk::{Event, EventBuilder, Filter, Keys, Kind, RelayPoolNotification, RelayUrl, Tag};
+use serde::Serialize;
+
+use super::{round3, Latency};
+use crate::relay::client::ClientError;
+use crate::relay::settings::RelaySettings;
+use crate::relay::{MarketClient, Reachability};
+
+/// An ephemeral kind nothing else uses, so baseline traffic never mixes with market traffic.
+const PROBE_KIND: u16 = 20_987;
+
+/// The raw relay figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct RelayBaseline {
+    /// Publish → delivery on a second connection, one event at a time.
+    pub round_trip_ms: Latency,
+    /// Events per second one publisher pushes through to one subscriber.
+    pub events_per_sec: f64,
+}
+
+/// Settings for a benchmark's embedded relay: the market defaults with the per-connection rate
+/// limit lifted, since a benchmark is a deliberate flood.
+pub fn bench_relay_settings() -> RelaySettings {
+    RelaySettings {
+        bind: ([127, 0, 0, 1], 0).into(),
+        events_per_second: 1_000_000,
+        event_burst: 1_000_000,
+        ..RelaySettings::default()
+    }
+}
+
+/// Measures the relay at `url`: `samples` sequential round trips, then `burst` events for the rate.
+pub async fn measure(
+    url: &RelayUrl,
+    samples: usize,
+    burst: usize,
+) -> Result<RelayBaseline, ClientError> {
+    let timeout = Duration::from_secs(5);
+    let publisher = MarketClient::connect(
+        Keys::generate(),
+        std::slice::from_ref(url),
+        timeout,
+        Reachability::OneShot,
+    )
+    .await?;
+    let subscriber = MarketClient::connect(
+        Keys::generate(),
+        std::slice::from_ref(url),
+        timeout,
+        Reachability::OneShot,
+    )
+    .await?;
+    let keys = Keys::generate();
+    let run_tag = Tag::hashtag(format!("bench-{}", rand::random::<u64>()));
+    subscriber
+        .sdk()
+        .subscribe(
+            Filter::new()
+                .kind(Kind::from(PROBE_KIND))
+                .author(keys.public_key()),
+            None,
+        )
+        .await?;
+    // The subscription is live once a first probe arrives.
+    let mut notes = subscriber.notifications();
+    let sign = |i: usize| -> Result<Event, ClientError> {
+        EventBuilder::new(Kind::from(PROBE_KIND), i.to_string())
+            .tag(run_tag.clone())
+            .sign_with_keys(&keys)
+            .map_err(|e| ClientError::Unreachable(e.to_string()))
+    };
+    let mut round_trips = Vec::with_capacity(samples);
+    for i in 0..samples + 1 {
+        let ev = sign(i)?;
+        let started = Instant::now();
+        publisher.publish(&ev).await?;
+        wait_for(&mut notes, |e| e.id == ev.id, timeout).await?;
+        if i > 0 {
+            round_trips.push(started.elapsed());
+        }
+    }
+    let events: Vec<Event> = (0..burst)
+        .map(|i| sign(samples + 1 + i))
+        .collect::<Result<_, _>>()?;
+    let started = Instant::now();
+    let receive = async {
+        let mut got = 0usize;
+        while got < burst {
+            match notes.recv().await {
+                Ok(RelayPoolNotification::Event { event, .. })
+                    if event.pubkey == keys.public_key() =>
+                {
+                    got += 1
+                }
+                Ok(_) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => got += n as usize,
+                Err(_) => break,
+            }
+        }
+        got
+    };
+    let send = async {
+        for ev in &events {
+            publisher.publish(ev).await?;
+        }
+        Ok::<_, ClientError>(())
+    };
+    let (sent, received) =
+        tokio::join!(send, tokio::time::timeout(Duration::from_secs(60), receive));
+    sent?;
+    let received = received.unwrap_or(0);
+    let elapsed = started.elapsed().as_secs_f64();
+    publisher.shutdown().await;
+    subscriber.shutdown().await;
+    Ok(RelayBaseline {
+        round_trip_ms: Latency::of(&round_trips),
+        events_per_sec: round3(received as f64 / elapsed.max(1e-9)),
+    })
+}
+
+async fn wait_for(
+    notes: &mut tokio::sync::broadcast::Receiver<RelayPoolNotification>,
+    matches: impl Fn(&Event) -> bool,
+    timeout: Duration,
+) -> Result<(), ClientError> {
+    let found = tokio::time::timeout(timeout, async {
+        loop {
+            match notes.recv().await {
+                Ok(RelayPoolNotification::Event { event, .. }) if matches(&event) => return true,
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(_) => return false,
+            }
+        }
+    })
+    .await;
+    match found {
+        Ok(true) => Ok(()),
+        _ => Err(ClientError::Unreachable(
+            "a probe event never came back from the relay".into(),
+        )),
+    }
+}

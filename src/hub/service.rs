@@ -1,0 +1,456 @@
+//! The NIP-47 wallet service: turns request events into ledger operations and answers them.
+//!
+//! Each request is handled at most once: copies arriving through several relays are dropped while
+//! the first is in flight, answered from a cache once done, and money-moving requests are also
+//! remembered in the ledger so a retry after a restart gets the original answer.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use nostr_sdk::{Event, EventId, Keys, PublicKey, Timestamp};
+
+use super::invoice::{self, Purpose};
+use super::ledger::{self, FaucetLimits, Ledger, LedgerError, Once, Settlement};
+use crate::protocol::kinds;
+use crate::protocol::nip47::{
+    self, BalanceResult, Encryption, ErrorBody, ErrorCode, GetInfoResult, ListTransactionsResult,
+    Notification, PayResult, Request, Response, PAYMENT_RECEIVED, PAYMENT_SENT,
+};
+use crate::ratelimit::TokenBuckets;
+
+/// Methods the hub answers (and advertises).
+pub const METHODS: [&str; 7] = [
+    "get_info",
+    "get_balance",
+    "make_invoice",
+    "pay_invoice",
+    "lookup_invoice",
+    "list_transactions",
+    nip47::METHOD_FAUCET,
+];
+
+/// How many answered requests are kept for re-sending to retries.
+const ANSWER_CACHE: usize = 20_000;
+
+/// The hub's tunables (the `[hub]` config table).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HubSettings {
+    /// Faucet limits per requesting pubkey.
+    pub faucet: FaucetLimits,
+    /// Invoice expiry when a request gives none, seconds.
+    pub default_expiry_secs: u64,
+    /// Requests per second per client (sustained).
+    pub requests_per_second: u32,
+    /// Request burst per client.
+    pub request_burst: u32,
+    /// If non-empty, only these clients are served.
+    pub allow_clients: Vec<PublicKey>,
+}
+
+impl Default for HubSettings {
+    fn default() -> Self {
+        Self {
+            faucet: FaucetLimits {
+                max_msat_per_request: 100_000_000,
+                max_msat_per_day: 1_000_000_000,
+                max_requests_per_minute: 30,
+            },
+            default_expiry_secs: 3600,
+            requests_per_second: 500,
+            request_burst: 2000,
+            allow_clients: Vec::new(),
+        }
+    }
+}
+
+/// What handling one event produced: events to publish (response first, then notifications).
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// Signed events to publish.
+    pub publish: Vec<Event>,
+}
+
+/// The request handler, independent of any relay connection (so it can be tested directly).
+pub struct Service {
+    keys: Keys,
+    node_key: bitcoin::secp256k1::SecretKey,
+    node_pubkey: String,
+    ledger: Arc<Mutex<Ledger>>,
+    settings: HubSettings,
+    limiter: Mutex<TokenBuckets<PublicKey>>,
+    recent: Mutex<Recent>,
+}
+
+/// Requests in flight and answers recently sent.
+#[derive(Default)]
+struct Recent {
+    in_flight: HashSet<EventId>,
+    answered: HashMap<EventId, Event>,
+    order: VecDeque<EventId>,
+}
+
+impl Service {
+    /// Builds the service around an open ledger.
+    pub fn new(
+        keys: Keys,
+        node_key: bitcoin::secp256k1::SecretKey,
+        ledger: Ledger,
+        settings: HubSettings,
+    ) -> Self {
+        let secp = bitcoin::secp256k1::Secp256k1::signing_only();
+        let node_pubkey = node_key.public_key(&secp).to_string();
+        let limiter = TokenBuckets::new(
+            f64::from(settings.requests_per_second),
+            f64::from(settings.request_burst),
+        );
+        Self {
+            keys,
+            node_key,
+            node_pubkey,
+            ledger: Arc::new(Mutex::new(ledger)),
+            settings,
+            limiter: Mutex::new(limiter),
+            recent: Mutex::new(Recent::default()),
+        }
+    }
+
+    /// The service's Nostr public key (the NWC wallet pubkey).
+    pub fn public_key(&self) -> PublicKey {
+        self.keys.public_key()
+    }
+
+    /// The faucet's account: the service key itself, so it can never be a client's.
+    pub fn faucet_account(&self) -> String {
+        self.keys.public_key().to_hex()
+    }
+
+    /// The 13194 info event.
+    pub fn info_event(&self) -> Result<Event, nip47::Nip47Error> {
+        let mut capabilities = METHODS.to_vec();
+        capabilities.push("notifications");
+        nip47::info_event(
+            &self.keys,
+            &capabilities,
+            &[PAYMENT_RECEIVED, PAYMENT_SENT],
+            Some("regtest"),
+        )
+    }
+
+    /// Shared access to the ledger, for audits while running.
+    pub fn ledger(&self) -> Arc<Mutex<Ledger>> {
+        self.ledger.clone()
+    }
+
+    /// Handles one incoming event. Blocking (SQLite): call from a blocking thread.
+    pub fn handle(&self, event: &Event) -> Outcome {
+        if event.kind != kinds::NWC_REQUEST
+            || !event
+                .tags
+                .public_keys()
+                .any(|p| *p == self.keys.public_key())
+        {
+            return Outcome::default();
+        }
+        if nip47::expiration(event).is_some_and(|at| at < Timestamp::now()) {
+            tracing::debug!(id = %event.id, "dropping expired request");
+            return Outcome::default();
+        }
+        {
+            let mut recent = self.lock_recent();
+            if let Some(answer) = recent.answered.get(&event.id) {
+                return Outcome {
+                    publish: vec![answer.clone()],
+                };
+            }
+            if !recent.in_flight.insert(event.id) {
+                return Outcome::default();
+            }
+        }
+        let outcome = self.answer(event);
+        let mut recent = self.lock_recent();
+        recent.in_flight.remove(&event.id);
+        if let Some(response) = outcome.publish.first() {
+            recent.answered.insert(event.id, response.clone());
+            recent.order.push_back(event.id);
+            while recent.order.len() > ANSWER_CACHE {
+                if let Some(old) = recent.order.pop_front() {
+                    recent.answered.remove(&old);
+                }
+            }
+        }
+        outcome
+    }
+
+    fn answer(&self, event: &Event) -> Outcome {
+        let client = event.pubkey;
+        let encryption = match Encryption::of_request(event) {
+            Ok(enc) => enc,
+            Err(e) => {
+                // Answer in NIP-04, the scheme every client reads, naming what we support.
+                let error = ErrorBody::new(
+                    ErrorCode::UnsupportedEncryption,
+                    format!("{e}; this wallet speaks nip44_v2 and nip04"),
+                );
+                return self.respond(event, Encryption::Nip04, Response::err("", error), None);
+            }
+        };
+        let plaintext = match encryption.decrypt(&self.keys, &client, &event.content) {
+            Ok(p) => p,
+            Err(e) => {
+                // Not for us, or garbage: answering would only amplify it.
+                tracing::debug!(id = %event.id, "dropping undecryptable request: {e}");
+                return Outcome::default();
+            }
+        };
+        let request = match Request::parse(&plaintext) {
+            Ok(r) => r,
+            Err(rejection) => {
+                return self.respond(
+                    event,
+                    encryption,
+                    Response::err(&rejection.method, rejection.error),
+                    None,
+                )
+            }
+        };
+        let method = request.method();
+        if !self.settings.allow_clients.is_empty() && !self.settings.allow_clients.contains(&client)
+        {
+            let error = ErrorBody::new(ErrorCode::Unauthorized, "this hub does not serve this key");
+            return self.respond(event, encryption, Response::err(method, error), None);
+        }
+        let allowed = self
+            .limiter
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take(client, Instant::now());
+        if !allowed {
+            let error = ErrorBody::new(
+                ErrorCode::RateLimited,
+                "too many requests; retry in a moment",
+            );
+            return self.respond(event, encryption, Response::err(method, error), None);
+        }
+        let (response, settlement) = match self.execute(event.id, &client, request) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!("{e}");
+                (
+                    Response::err(
+                        method,
+                        ErrorBody::new(ErrorCode::Internal, "the hub failed; retry later"),
+                    ),
+                    None,
+                )
+            }
+        };
+        self.respond(event, encryption, response, settlement)
+    }
+
+    fn execute(
+        &self,
+        request_id: EventId,
+        client: &PublicKey,
+        request: Request,
+    ) -> Result<(Response, Option<Settlement>), LedgerError> {
+        let me = client.to_hex();
+        let now = Timestamp::now().as_secs();
+        let method = request.method();
+        let mut ledger = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
+        let once =
+            |ledger: &mut Ledger,
+             op: &dyn Fn(&rusqlite::Connection) -> Result<Settlement, ErrorBody>| {
+                ledger.once(&request_id.to_hex(), &me, method, now, op, |s| {
+                    Response::ok(
+                        method,
+                        PayResult {
+                            preimage: s.outgoing.preimage.clone().unwrap_or_default(),
+                            fees_paid: Some(0),
+                        },
+                    )
+                })
+            };
+        Ok(match request {
+            Request::GetInfo => (
+                Response::ok(
+                    method,
+                    GetInfoResult {
+                        alias: "pylon-hub".into(),
+                        color: "#f7931a".into(),
+                        pubkey: self.node_pubkey.clone(),
+                        network: "regtest".into(),
+                        block_height: 0,
+                        block_hash: String::new(),
+                        methods: METHODS.iter().map(|m| m.to_string()).collect(),
+                        notifications: vec![PAYMENT_RECEIVED.into(), PAYMENT_SENT.into()],
+                    },
+                ),
+                None,
+            ),
+            Request::GetBalance => (
+                Response::ok(
+                    method,
+                    BalanceResult {
+                        balance: ledger.balance(&me)?,
+                    },
+                ),
+                None,
+            ),
+            Request::LookupInvoice(params) => {
+                let hash = match (&params.payment_hash, &params.invoice) {
+                    (Some(h), _) => Ok(h.to_lowercase()),
+                    (None, Some(inv)) => invoice::decode(inv)
+                        .map(|d| d.payment_hash)
+                        .map_err(|e| ErrorBody::new(ErrorCode::Other, e.to_string())),
+                    (None, None) => Err(ErrorBody::new(
+                        ErrorCode::Other,
+                        "lookup_invoice needs payment_hash or invoice",
+                    )),
+                };
+                let response = match hash {
+                    Ok(hash) => match ledger.lookup(&me, &hash)? {
+                        Some(tx) => Response::ok(method, tx),
+                        None => Response::err(
+                            method,
+                            ErrorBody::new(ErrorCode::NotFound, "no such invoice"),
+                        ),
+                    },
+                    Err(e) => Response::err(method, e),
+                };
+                (response, None)
+            }
+            Request::ListTransactions(params) => (
+                Response::ok(
+                    method,
+                    ListTransactionsResult {
+                        transactions: ledger.list(&me, &params, now)?,
+                    },
+                ),
+                None,
+            ),
+            Request::MakeInvoice(params) => {
+                let purpose = match (params.description_hash, params.description) {
+                    (Some(hash), _) => Purpose::DescriptionHash(hash),
+                    (None, d) => Purpose::Description(d.unwrap_or_default()),
+                };
+                let expiry = params.expiry.unwrap_or(self.settings.default_expiry_secs);
+                match invoice::create(&self.node_key, params.amount, &purpose, expiry) {
+                    Err(e) => (
+                        Response::err(method, ErrorBody::new(ErrorCode::Other, e.to_string())),
+                        None,
+                    ),
+                    Ok(new) => {
+                        let result = ledger.once(
+                            &request_id.to_hex(),
+                            &me,
+                            method,
+                            now,
+                            |c| ledger::insert_invoice(c, &me, &new),
+                            |_| Response::ok(method, pending_transaction(&new)),
+                        )?;
+                        (once_response(result), None)
+                    }
+                }
+            }
+            Request::PayInvoice(params) => {
+                let op = |c: &rusqlite::Connection| {
+                    ledger::pay(c, &me, &params.invoice, params.amount, now)
+                };
+                split(once(&mut ledger, &op)?)
+            }
+            Request::Faucet(params) => {
+                let faucet = self.faucet_account();
+                let limits = self.settings.faucet;
+                let op = |c: &rusqlite::Connection| {
+                    ledger::faucet(c, &faucet, &me, &params.invoice, limits, now)
+                };
+                split(once(&mut ledger, &op)?)
+            }
+        })
+    }
+
+    fn respond(
+        &self,
+        request: &Event,
+        encryption: Encryption,
+        response: Response,
+        settlement: Option<Settlement>,
+    ) -> Outcome {
+        let mut publish = Vec::new();
+        match nip47::response_event(
+            &self.keys,
+            &request.pubkey,
+            request.id,
+            encryption,
+            &response,
+        ) {
+            Ok(ev) => publish.push(ev),
+            Err(e) => tracing::error!("cannot build response: {e}"),
+        }
+        if let Some(s) = settlement {
+            publish.extend(self.notifications(&s));
+        }
+        Outcome { publish }
+    }
+
+    fn notifications(&self, s: &Settlement) -> Vec<Event> {
+        let mut out = Vec::new();
+        let faucet = self.faucet_account();
+        let pairs = [
+            (&s.payee, PAYMENT_RECEIVED, &s.incoming),
+            (&s.payer, PAYMENT_SENT, &s.outgoing),
+        ];
+        for (who, kind, tx) in pairs {
+            if *who == faucet {
+                continue;
+            }
+            let Ok(pk) = PublicKey::from_hex(who) else {
+                continue;
+            };
+            let note = Notification {
+                notification_type: kind.to_string(),
+                notification: tx.clone(),
+            };
+            match nip47::notification_events(&self.keys, &pk, &note) {
+                Ok(evs) => out.extend(evs),
+                Err(e) => tracing::error!("cannot build notification: {e}"),
+            }
+        }
+        out
+    }
+
+    fn lock_recent(&self) -> std::sync::MutexGuard<'_, Recent> {
+        self.recent.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn pending_transaction(new: &invoice::NewInvoice) -> nip47::Transaction {
+    nip47::Transaction {
+        kind: nip47::TransactionType::Incoming,
+        state: Some(nip47::TransactionState::Pending),
+        invoice: Some(new.bolt11.clone()),
+        description: new.description.clone(),
+        description_hash: new.description_hash.clone(),
+        preimage: Some(new.preimage.clone()),
+        payment_hash: new.payment_hash.clone(),
+        amount: new.amount_msat,
+        fees_paid: 0,
+        created_at: new.created_at,
+        expires_at: Some(new.expires_at),
+        settled_at: None,
+    }
+}
+
+fn once_response<T>(once: Once<T>) -> Response {
+    match once {
+        Once::Fresh(r, _) | Once::Replayed(r) => r,
+    }
+}
+
+fn split(once: Once<Settlement>) -> (Response, Option<Settlement>) {
+    match once {
+        Once::Fresh(r, s) => (r, s),
+        Once::Replayed(r) => (r, None),
+    }
+}
