@@ -8,9 +8,11 @@
 //! - [`logging`] — tracing setup.
 
 pub mod bench;
+pub mod bolt11;
 pub mod cli;
 pub mod config;
 pub mod doctor;
+pub mod executors;
 pub mod home;
 pub mod hub;
 pub mod identity;

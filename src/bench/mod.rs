@@ -27,9 +27,9 @@ impl Latency {
         let mut ms: Vec<f64> = samples.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
         ms.sort_by(f64::total_cmp);
         Self {
-            p50: percentile(&ms, 50.0),
-            p95: percentile(&ms, 95.0),
-            max: ms.last().copied().unwrap_or(0.0),
+            p50: round3(percentile(&ms, 50.0)),
+            p95: round3(percentile(&ms, 95.0)),
+            max: round3(ms.last().copied().unwrap_or(0.0)),
             samples: ms.len(),
         }
     }

@@ -10,7 +10,7 @@ use std::path::Path;
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
-use super::invoice::{self, NewInvoice};
+use crate::bolt11::{self as invoice, NewInvoice};
 use crate::protocol::nip47::{
     ErrorBody, ErrorCode, ListTransactionsParams, Response, Transaction, TransactionState,
     TransactionType,
@@ -673,7 +673,7 @@ mod tests {
     use bitcoin::secp256k1::SecretKey;
 
     use super::*;
-    use crate::hub::invoice::{create, Purpose};
+    use crate::bolt11::{create, Purpose};
     use crate::protocol::nip47::PayResult;
 
     const LIMITS: FaucetLimits = FaucetLimits {

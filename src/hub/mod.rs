@@ -1,12 +1,11 @@
 //! The regtest Lightning hub: a NIP-47 wallet service with a double-entry ledger, real BOLT11
 //! invoices and a rate-limited faucet. Balances change only in this module.
 //!
-//! - [`invoice`] — create and decode regtest BOLT11;
+//! - [`crate::bolt11`] — create and decode regtest BOLT11 (shared with buyers and auditors);
 //! - [`ledger`] — SQLite books and the audit;
 //! - [`service`] — NIP-47 request handling, independent of any connection;
 //! - this file — the loop that feeds relay events to the service and publishes its answers.
 
-pub mod invoice;
 pub mod ledger;
 pub mod service;
 

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use nostr_sdk::{Event, EventId, Keys, PublicKey, Timestamp};
 
-use super::invoice::{self, Purpose};
+use crate::bolt11::{self as invoice, Purpose};
 use super::ledger::{self, FaucetLimits, Ledger, LedgerError, Once, Settlement};
 use crate::protocol::kinds;
 use crate::protocol::nip47::{

@@ -13,7 +13,7 @@ use nostr_sdk::{Event, EventBuilder, EventId, Keys, PublicKey, Tag, TagKind, Tim
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 
-use super::kinds;
+use super::{kinds, tags};
 
 /// Hub-only method: the faucet pays an invoice of the caller's (regtest only).
 pub const METHOD_FAUCET: &str = "faucet";
@@ -38,12 +38,19 @@ pub enum Nip47Error {
 }
 
 /// The payload encryption of a request and its response.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(into = "&'static str")]
 pub enum Encryption {
     /// NIP-44 version 2 (preferred).
     Nip44V2,
     /// NIP-04 (legacy clients).
     Nip04,
+}
+
+impl From<Encryption> for &'static str {
+    fn from(e: Encryption) -> Self {
+        e.as_str()
+    }
 }
 
 impl Encryption {
@@ -68,7 +75,7 @@ impl Encryption {
     /// content looks like NIP-04 (`…?iv=…`), else NIP-44. Unknown names are an error the wallet
     /// answers with `UNSUPPORTED_ENCRYPTION`.
     pub fn of_request(event: &Event) -> Result<Self, Nip47Error> {
-        match tag_value(event, "encryption") {
+        match tags::first(event, "encryption") {
             Some(names) => names
                 .split_whitespace()
                 .find_map(Self::parse)
@@ -606,7 +613,7 @@ impl WalletInfo {
             return None;
         }
         let words = |s: &str| s.split_whitespace().map(str::to_string).collect::<Vec<_>>();
-        let encryptions = match tag_value(event, "encryption") {
+        let encryptions = match tags::first(event, "encryption") {
             Some(v) => v.split_whitespace().filter_map(Encryption::parse).collect(),
             None => vec![Encryption::Nip04],
         };
@@ -618,11 +625,11 @@ impl WalletInfo {
             created_at: event.created_at,
             capabilities: words(&event.content),
             encryptions,
-            notifications: tag_value(event, "notifications")
+            notifications: tags::first(event, "notifications")
                 .map(words)
                 .unwrap_or_default(),
             pylon_hub_network: if is_hub {
-                Some(tag_value(event, "network").unwrap_or("regtest").to_string())
+                Some(tags::first(event, "network").unwrap_or("regtest").to_string())
             } else {
                 None
             },
@@ -732,20 +739,10 @@ pub fn responded_request(event: &Event) -> Option<EventId> {
 
 /// The NIP-40 expiration of an event, if it has a parseable one.
 pub fn expiration(event: &Event) -> Option<Timestamp> {
-    tag_value(event, "expiration")?
+    tags::first(event, "expiration")?
         .parse::<u64>()
         .ok()
         .map(Timestamp::from)
-}
-
-/// The first value of the first tag named `name`.
-fn tag_value<'a>(event: &'a Event, name: &str) -> Option<&'a str> {
-    event.tags.iter().find_map(|t| {
-        let s = t.as_slice();
-        (s.first().map(String::as_str) == Some(name))
-            .then(|| s.get(1).map(String::as_str))
-            .flatten()
-    })
 }
 
 fn to_value<T: Serialize + ?Sized>(v: &T) -> Value {

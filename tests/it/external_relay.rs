@@ -158,7 +158,7 @@ async fn wallet_flow_through_nostr_rs_relay_never_waits_for_ephemeral_oks() {
             .await
             .expect("pay");
         slowest = slowest.max(started.elapsed());
-        assert!(pylon::hub::invoice::preimage_matches(
+        assert!(pylon::bolt11::preimage_matches(
             &paid.preimage,
             &inv.payment_hash
         ));

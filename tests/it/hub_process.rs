@@ -60,7 +60,7 @@ fn wallet_cli_flow_over_the_embedded_relay() {
     assert!(bolt11.starts_with("lnbcrt"));
     let paid = json_of(&wallet_cmd(&alice, url, &["send", &bolt11, "--json"]));
     let preimage = paid["preimage"].as_str().expect("preimage");
-    assert!(pylon::hub::invoice::preimage_matches(
+    assert!(pylon::bolt11::preimage_matches(
         preimage,
         invoice["payment_hash"].as_str().expect("hash")
     ));

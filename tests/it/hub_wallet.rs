@@ -50,7 +50,7 @@ async fn pay_moves_exact_amounts_and_notifies_both_sides() {
     let bolt11 = inv.invoice.clone().expect("bolt11");
     assert!(bolt11.starts_with("lnbcrt"));
     let paid = alice.pay_invoice(bolt11.clone(), None).await.expect("paid");
-    assert!(pylon::hub::invoice::preimage_matches(
+    assert!(pylon::bolt11::preimage_matches(
         &paid.preimage,
         &inv.payment_hash
     ));
@@ -223,7 +223,7 @@ async fn a_foreign_nip04_client_makes_and_pays_invoices() {
         ))
         .await
         .expect("foreign pay_invoice");
-    assert!(pylon::hub::invoice::preimage_matches(
+    assert!(pylon::bolt11::preimage_matches(
         &paid.preimage,
         made.payment_hash.as_deref().expect("payment hash")
     ));

@@ -1,5 +1,6 @@
-//! Real BOLT11 invoices on regtest (`lnbcrt…`): created and signed with the hub's node key, and
-//! decoded (with signature and network checks) before any payment is attempted.
+//! Real BOLT11 invoices on regtest (`lnbcrt…`): created and signed with a node key (the hub's),
+//! and decoded — with signature and network checks — by anyone who must trust one: the hub
+//! before paying, a buyer before paying a provider, an auditor checking a receipt.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

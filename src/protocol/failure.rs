@@ -1,0 +1,110 @@
+//! Why a job failed: one enum used in feedback events, the stores and status output.
+
+use std::fmt;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// A job failure reason, spelled in kebab-case on the wire (`["failure", "bid-too-low"]`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum FailureCode {
+    /// No result in time.
+    Timeout,
+    /// The provider claimed the job and went away.
+    ProviderOffline,
+    /// The job ran and failed.
+    ExecError,
+    /// The requested model is not served.
+    ModelMissing,
+    /// The bid is below the provider's price.
+    BidTooLow,
+    /// The payment did not go through.
+    PaymentFailed,
+    /// The input is missing, oversized, binary or malformed.
+    InvalidInput,
+    /// The buyer sent too many jobs.
+    RateLimited,
+    /// The buyer has unpaid invoices past their expiry.
+    UnpaidInvoices,
+    /// The provider does not serve this kind.
+    UnsupportedKind,
+    /// The provider is shutting down.
+    ShuttingDown,
+    /// A code from another implementation.
+    Other(String),
+}
+
+impl FailureCode {
+    /// The wire spelling.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Timeout => "timeout",
+            Self::ProviderOffline => "provider-offline",
+            Self::ExecError => "exec-error",
+            Self::ModelMissing => "model-missing",
+            Self::BidTooLow => "bid-too-low",
+            Self::PaymentFailed => "payment-failed",
+            Self::InvalidInput => "invalid-input",
+            Self::RateLimited => "rate-limited",
+            Self::UnpaidInvoices => "unpaid-invoices",
+            Self::UnsupportedKind => "unsupported-kind",
+            Self::ShuttingDown => "shutting-down",
+            Self::Other(s) => s,
+        }
+    }
+
+    /// Parses a wire spelling; unknown codes are kept as [`FailureCode::Other`].
+    pub fn parse(text: &str) -> Self {
+        match text.trim() {
+            "timeout" => Self::Timeout,
+            "provider-offline" => Self::ProviderOffline,
+            "exec-error" => Self::ExecError,
+            "model-missing" => Self::ModelMissing,
+            "bid-too-low" => Self::BidTooLow,
+            "payment-failed" => Self::PaymentFailed,
+            "invalid-input" => Self::InvalidInput,
+            "rate-limited" => Self::RateLimited,
+            "unpaid-invoices" => Self::UnpaidInvoices,
+            "unsupported-kind" => Self::UnsupportedKind,
+            "shutting-down" => Self::ShuttingDown,
+            other => Self::Other(other.chars().take(64).collect()),
+        }
+    }
+}
+
+impl fmt::Display for FailureCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for FailureCode {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for FailureCode {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(Self::parse(&String::deserialize(d)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_keeps_unknown_codes() {
+        for code in [
+            FailureCode::Timeout,
+            FailureCode::ProviderOffline,
+            FailureCode::BidTooLow,
+            FailureCode::InvalidInput,
+            FailureCode::UnpaidInvoices,
+        ] {
+            assert_eq!(FailureCode::parse(code.as_str()), code);
+        }
+        assert_eq!(FailureCode::parse("gpu-on-fire"), FailureCode::Other("gpu-on-fire".into()));
+        assert_eq!(FailureCode::parse(&"x".repeat(500)).as_str().len(), 64, "bounded");
+    }
+}
