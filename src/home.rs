@@ -67,6 +67,11 @@ impl Home {
         self.hub_dir().join("ledger.db")
     }
 
+    /// The running node's status snapshot (rewritten every second by `pylon node up`).
+    pub fn node_status_file(&self) -> PathBuf {
+        self.root.join("node.json")
+    }
+
     /// Rotating log files.
     pub fn logs_dir(&self) -> PathBuf {
         self.root.join("logs")

@@ -9,6 +9,7 @@
 
 pub mod bench;
 pub mod bolt11;
+pub mod buyer;
 pub mod cli;
 pub mod config;
 pub mod doctor;
@@ -18,6 +19,9 @@ pub mod hub;
 pub mod identity;
 pub mod logging;
 pub mod protocol;
+pub mod provenance;
+pub mod provider;
 pub mod ratelimit;
 pub mod relay;
+pub mod store;
 pub mod wallet;

@@ -1,6 +1,7 @@
 //! Benchmarks: each measures Pylon against a baseline taken in the same run (the raw relay), so
 //! figures from a noisy machine still compare. Every benchmark prints JSON.
 
+pub mod market;
 pub mod relay;
 pub mod wallet;
 

@@ -60,7 +60,7 @@ pub struct WalletBench {
 /// Errors running the benchmark.
 #[derive(Debug, thiserror::Error)]
 #[error("wallet benchmark: {0}")]
-pub struct BenchError(String);
+pub struct BenchError(pub String);
 
 fn err(e: impl std::fmt::Display) -> BenchError {
     BenchError(e.to_string())

@@ -11,6 +11,27 @@ use crate::bench::wallet::{self, WalletBenchOptions};
 pub(crate) enum BenchCommand {
     /// Pay-invoice round trip and payments/s through the embedded relay and hub, vs the raw relay
     Wallet(WalletArgs),
+    /// The paid job loop (request → result → payment → receipt) with in-process providers, vs the raw relay
+    Loop(LoopArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct LoopArgs {
+    /// Paid jobs in the throughput run
+    #[arg(long, default_value_t = 500)]
+    jobs: usize,
+    /// Provider nodes (in this process)
+    #[arg(long, default_value_t = 4)]
+    providers: usize,
+    /// Jobs run one at a time, for latency
+    #[arg(long, default_value_t = 50)]
+    sequential: usize,
+    /// Jobs in flight at once in the throughput run
+    #[arg(long, default_value_t = 64)]
+    window: usize,
+    /// Print JSON
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -31,6 +52,53 @@ pub(crate) struct WalletArgs {
 
 pub(crate) async fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
     match cmd {
+        BenchCommand::Loop(args) => {
+            let options = crate::bench::market::LoopOptions {
+                jobs: args.jobs.max(1),
+                providers: args.providers.max(1),
+                sequential: args.sequential.max(1),
+                window: args.window.max(1),
+            };
+            let r = crate::bench::market::run(options, |line| eprintln!("bench: {line}")).await?;
+            if args.json {
+                output::print_json(&r)?;
+            } else {
+                println!(
+                    "raw relay:  round trip p50 {:.2} ms; {:.0} events/s",
+                    r.relay.round_trip_ms.p50, r.relay.events_per_sec
+                );
+                println!(
+                    "one job:    submit → receipt p50 {:.2} ms, p95 {:.2} ms (target ≤ {:.2} ms: {})",
+                    r.sequential_end_to_end_ms.p50,
+                    r.sequential_end_to_end_ms.p95,
+                    r.target_p50_ms,
+                    if r.latency_target_met { "met" } else { "missed" }
+                );
+                println!(
+                    "throughput: {:.1} paid jobs/s with {} providers (target ≥ {:.1}: {})",
+                    r.paid_jobs_per_sec,
+                    r.providers,
+                    r.target_jobs_per_sec,
+                    if r.throughput_target_met {
+                        "met"
+                    } else {
+                        "missed"
+                    }
+                );
+                println!(
+                    "loaded:     p50 {:.1} ms, p95 {:.1} ms; all done: {}; audit: {}",
+                    r.loaded_end_to_end_ms.p50,
+                    r.loaded_end_to_end_ms.p95,
+                    r.all_done,
+                    if r.audit_ok { "OK" } else { "FAILED" }
+                );
+            }
+            Ok(if r.all_done && r.audit_ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
         BenchCommand::Wallet(args) => {
             let options = WalletBenchOptions {
                 sequential: args.sequential.max(1),

@@ -7,6 +7,8 @@ mod doctor;
 mod events;
 mod hub;
 mod init;
+mod job;
+mod node;
 mod output;
 mod prompt;
 mod relay;
@@ -77,6 +79,16 @@ enum Command {
     Relay(relay::RelayArgs),
     /// Run the regtest Lightning hub (NIP-47 wallet service with a faucet), or audit it
     Hub(hub::HubArgs),
+    /// Provider: run a node that sells jobs, see its status, stop it
+    #[command(subcommand)]
+    Node(node::NodeCommand),
+    /// Buyer and auditor: submit jobs, follow them, read results, trace their provenance
+    #[command(subcommand)]
+    Job(job::JobCommand),
+    /// Pay a job's result invoice (only if it is within the bid and names the job)
+    Pay(job::PayArgs),
+    /// List payment receipts from the local store
+    Receipts(job::ReceiptsArgs),
     /// Check identity, config, relays and the data directory
     Doctor(doctor::DoctorArgs),
     /// Query raw events from the relays (an auditor's view of the market)
@@ -156,6 +168,10 @@ async fn run(command: Command, ctx: Context) -> anyhow::Result<ExitCode> {
         Command::Config(cmd) => config::run(&ctx, cmd),
         Command::Relay(args) => relay::run(&ctx, args).await,
         Command::Hub(args) => hub::run(&ctx, args).await,
+        Command::Node(cmd) => node::run(&ctx, cmd).await,
+        Command::Job(cmd) => job::run(&ctx, cmd).await,
+        Command::Pay(args) => job::pay(&ctx, args).await,
+        Command::Receipts(args) => job::receipts(&ctx, args),
         Command::Doctor(args) => doctor::run(&ctx, args).await,
         Command::Events(args) => events::run(&ctx, args).await,
         Command::Bench(cmd) => bench::run(cmd).await,

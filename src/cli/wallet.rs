@@ -104,7 +104,7 @@ pub(crate) async fn run(ctx: &Context, cmd: WalletCommand) -> anyhow::Result<Exi
         }
     }
     if let WalletCommand::Connect(flags) = &cmd {
-        let (uri, source) = resolve::resolve_uri(&identity, &config).await?;
+        let (uri, source) = resolve::resolve_uri(&identity, &config, &config.relays).await?;
         if flags.json {
             output::print_json(&json!({ "uri": uri.to_string(), "wallet": source }))?;
         } else {
@@ -113,7 +113,7 @@ pub(crate) async fn run(ctx: &Context, cmd: WalletCommand) -> anyhow::Result<Exi
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let (wallet, source) = resolve::connect(&identity, &config).await?;
+    let (wallet, source) = resolve::connect(&identity, &config, &config.relays).await?;
     let result = run_with(&wallet, cmd, &source).await;
     wallet.shutdown().await;
     result

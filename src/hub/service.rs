@@ -10,8 +10,8 @@ use std::time::Instant;
 
 use nostr_sdk::{Event, EventId, Keys, PublicKey, Timestamp};
 
-use crate::bolt11::{self as invoice, Purpose};
 use super::ledger::{self, FaucetLimits, Ledger, LedgerError, Once, Settlement};
+use crate::bolt11::{self as invoice, Purpose};
 use crate::protocol::kinds;
 use crate::protocol::nip47::{
     self, BalanceResult, Encryption, ErrorBody, ErrorCode, GetInfoResult, ListTransactionsResult,
@@ -80,6 +80,8 @@ pub struct Service {
     settings: HubSettings,
     limiter: Mutex<TokenBuckets<PublicKey>>,
     recent: Mutex<Recent>,
+    /// The scheme each client last used: notifications go out in it alone (both when unknown).
+    schemes: Mutex<HashMap<PublicKey, Encryption>>,
 }
 
 /// Requests in flight and answers recently sent.
@@ -112,6 +114,7 @@ impl Service {
             settings,
             limiter: Mutex::new(limiter),
             recent: Mutex::new(Recent::default()),
+            schemes: Mutex::new(HashMap::new()),
         }
     }
 
@@ -196,7 +199,12 @@ impl Service {
             }
         };
         let plaintext = match encryption.decrypt(&self.keys, &client, &event.content) {
-            Ok(p) => p,
+            Ok(p) => {
+                if let Ok(mut schemes) = self.schemes.lock() {
+                    schemes.insert(client, encryption);
+                }
+                p
+            }
             Err(e) => {
                 // Not for us, or garbage: answering would only amplify it.
                 tracing::debug!(id = %event.id, "dropping undecryptable request: {e}");
@@ -412,7 +420,12 @@ impl Service {
                 notification_type: kind.to_string(),
                 notification: tx.clone(),
             };
-            match nip47::notification_events(&self.keys, &pk, &note) {
+            let known = self.schemes.lock().ok().and_then(|s| s.get(&pk).copied());
+            let schemes = match known {
+                Some(enc) => vec![enc],
+                None => vec![Encryption::Nip44V2, Encryption::Nip04],
+            };
+            match nip47::notification_events(&self.keys, &pk, &note, &schemes) {
                 Ok(evs) => out.extend(evs),
                 Err(e) => tracing::error!("cannot build notification: {e}"),
             }

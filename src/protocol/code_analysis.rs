@@ -48,7 +48,8 @@ pub struct Definition {
 impl Analysis {
     /// Parses a result's content, refusing other schemas.
     pub fn from_json(json: &str) -> Result<Self, String> {
-        let a: Self = serde_json::from_str(json).map_err(|e| format!("not a code analysis: {e}"))?;
+        let a: Self =
+            serde_json::from_str(json).map_err(|e| format!("not a code analysis: {e}"))?;
         if a.schema != SCHEMA {
             return Err(format!("unknown schema `{}`", a.schema));
         }

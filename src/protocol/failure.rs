@@ -104,7 +104,14 @@ mod tests {
         ] {
             assert_eq!(FailureCode::parse(code.as_str()), code);
         }
-        assert_eq!(FailureCode::parse("gpu-on-fire"), FailureCode::Other("gpu-on-fire".into()));
-        assert_eq!(FailureCode::parse(&"x".repeat(500)).as_str().len(), 64, "bounded");
+        assert_eq!(
+            FailureCode::parse("gpu-on-fire"),
+            FailureCode::Other("gpu-on-fire".into())
+        );
+        assert_eq!(
+            FailureCode::parse(&"x".repeat(500)).as_str().len(),
+            64,
+            "bounded"
+        );
     }
 }

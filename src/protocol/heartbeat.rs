@@ -65,15 +65,24 @@ pub struct Heartbeat {
 
 impl Heartbeat {
     /// Signs a heartbeat expiring `3 × interval` from now.
-    pub fn to_event(keys: &Keys, info: &HeartbeatInfo, kinds_served: &[u16]) -> Result<Event, ProtocolError> {
+    pub fn to_event(
+        keys: &Keys,
+        info: &HeartbeatInfo,
+        kinds_served: &[u16],
+    ) -> Result<Event, ProtocolError> {
         let expires = Timestamp::now() + info.interval_secs.max(1) * 3;
         let mut t = vec![
             Tag::expiration(expires),
             tags::custom("status", [state_name(info.state)]),
             Tag::hashtag(PYLON_TAG),
         ];
-        t.extend(kinds_served.iter().map(|k| tags::custom("k", [k.to_string()])));
-        let content = serde_json::to_string(info).map_err(|e| ProtocolError::Sign(e.to_string()))?;
+        t.extend(
+            kinds_served
+                .iter()
+                .map(|k| tags::custom("k", [k.to_string()])),
+        );
+        let content =
+            serde_json::to_string(info).map_err(|e| ProtocolError::Sign(e.to_string()))?;
         EventBuilder::new(kinds::HEARTBEAT, content)
             .tags(t)
             .sign_with_keys(keys)
@@ -89,7 +98,9 @@ impl Heartbeat {
             provider: event.pubkey,
             info: serde_json::from_str(&event.content).unwrap_or_default(),
             expires_at: super::nip47::expiration(event),
-            kinds: tags::all(event, "k").filter_map(|v| v.first()?.parse().ok()).collect(),
+            kinds: tags::all(event, "k")
+                .filter_map(|v| v.first()?.parse().ok())
+                .collect(),
             created_at: event.created_at,
         })
     }
@@ -120,12 +131,15 @@ mod tests {
             jobs_served: 3,
             ..Default::default()
         };
-        let hb = Heartbeat::from_event(&Heartbeat::to_event(&k, &info, &[5960]).expect("event")).expect("parse");
+        let hb = Heartbeat::from_event(&Heartbeat::to_event(&k, &info, &[5960]).expect("event"))
+            .expect("parse");
         assert_eq!(hb.info.jobs_served, 3);
         assert_eq!(hb.kinds, vec![5960]);
         assert!(hb.is_online(Timestamp::now()));
         assert!(!hb.is_online(Timestamp::now() + 31));
-        let bare = EventBuilder::new(kinds::HEARTBEAT, "not json").sign_with_keys(&k).expect("sign");
+        let bare = EventBuilder::new(kinds::HEARTBEAT, "not json")
+            .sign_with_keys(&k)
+            .expect("sign");
         let hb = Heartbeat::from_event(&bare).expect("parse");
         assert!(!hb.is_online(Timestamp::now()), "no expiration, not online");
     }

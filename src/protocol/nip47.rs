@@ -629,7 +629,11 @@ impl WalletInfo {
                 .map(words)
                 .unwrap_or_default(),
             pylon_hub_network: if is_hub {
-                Some(tags::first(event, "network").unwrap_or("regtest").to_string())
+                Some(
+                    tags::first(event, "network")
+                        .unwrap_or("regtest")
+                        .to_string(),
+                )
             } else {
                 None
             },
@@ -709,27 +713,30 @@ pub fn response_event(
         .map_err(|e| Nip47Error::Sign(e.to_string()))
 }
 
-/// Builds the two notification events for `client`: 23197 (NIP-44) and legacy 23196 (NIP-04).
+/// Builds notification events for `client`, one per scheme: 23197 for NIP-44, the legacy 23196
+/// for NIP-04.
 pub fn notification_events(
     wallet: &Keys,
     client: &PublicKey,
     notification: &Notification,
+    schemes: &[Encryption],
 ) -> Result<Vec<Event>, Nip47Error> {
     let json = serde_json::to_string(notification)
         .map_err(|e| Nip47Error::Malformed("notification", e.to_string()))?;
-    [
-        (kinds::NWC_NOTIFICATION_NIP44, Encryption::Nip44V2),
-        (kinds::NWC_NOTIFICATION_NIP04, Encryption::Nip04),
-    ]
-    .into_iter()
-    .map(|(kind, enc)| {
-        let content = enc.encrypt(wallet, client, &json)?;
-        EventBuilder::new(kind, content)
-            .tag(Tag::public_key(*client))
-            .sign_with_keys(wallet)
-            .map_err(|e| Nip47Error::Sign(e.to_string()))
-    })
-    .collect()
+    schemes
+        .iter()
+        .map(|&enc| {
+            let kind = match enc {
+                Encryption::Nip44V2 => kinds::NWC_NOTIFICATION_NIP44,
+                Encryption::Nip04 => kinds::NWC_NOTIFICATION_NIP04,
+            };
+            let content = enc.encrypt(wallet, client, &json)?;
+            EventBuilder::new(kind, content)
+                .tag(Tag::public_key(*client))
+                .sign_with_keys(wallet)
+                .map_err(|e| Nip47Error::Sign(e.to_string()))
+        })
+        .collect()
 }
 
 /// The request id a response answers (its first `e` tag).
@@ -916,7 +923,13 @@ mod tests {
                 settled_at: Some(2),
             },
         };
-        let evs = notification_events(&wallet, &client.public_key(), &n).expect("events");
+        let evs = notification_events(
+            &wallet,
+            &client.public_key(),
+            &n,
+            &[Encryption::Nip44V2, Encryption::Nip04],
+        )
+        .expect("events");
         assert_eq!(evs.len(), 2);
         assert_eq!(evs[0].kind, kinds::NWC_NOTIFICATION_NIP44);
         assert_eq!(evs[1].kind, kinds::NWC_NOTIFICATION_NIP04);

@@ -61,10 +61,16 @@ pub struct Announcement {
 
 impl Announcement {
     /// Signs an announcement.
-    pub fn to_event(keys: &Keys, d: &str, kinds: &[u16], info: &ProviderInfo) -> Result<Event, ProtocolError> {
+    pub fn to_event(
+        keys: &Keys,
+        d: &str,
+        kinds: &[u16],
+        info: &ProviderInfo,
+    ) -> Result<Event, ProtocolError> {
         let mut t = vec![Tag::identifier(d), Tag::hashtag(PYLON_TAG)];
         t.extend(kinds.iter().map(|k| tags::custom("k", [k.to_string()])));
-        let content = serde_json::to_string(info).map_err(|e| ProtocolError::Sign(e.to_string()))?;
+        let content =
+            serde_json::to_string(info).map_err(|e| ProtocolError::Sign(e.to_string()))?;
         EventBuilder::new(kinds::ANNOUNCE, content)
             .tags(t)
             .sign_with_keys(keys)
@@ -75,9 +81,14 @@ impl Announcement {
     /// write other shapes).
     pub fn from_event(event: &Event) -> Result<Self, ProtocolError> {
         if event.kind != kinds::ANNOUNCE {
-            return Err(ProtocolError::WrongKind(event.kind.as_u16(), "announcement"));
+            return Err(ProtocolError::WrongKind(
+                event.kind.as_u16(),
+                "announcement",
+            ));
         }
-        let d = tags::first(event, "d").ok_or(ProtocolError::MissingTag("d"))?.to_string();
+        let d = tags::first(event, "d")
+            .ok_or(ProtocolError::MissingTag("d"))?
+            .to_string();
         Ok(Self {
             provider: event.pubkey,
             d,
@@ -114,7 +125,11 @@ mod tests {
         assert_eq!(a.price(5960), Some(1000));
         assert!(a.pylon);
         let foreign = EventBuilder::new(kinds::ANNOUNCE, "{\"name\": 5}")
-            .tags([Tag::identifier("x"), tags::custom("k", ["5050"]), tags::custom("k", ["nope"])])
+            .tags([
+                Tag::identifier("x"),
+                tags::custom("k", ["5050"]),
+                tags::custom("k", ["nope"]),
+            ])
             .sign_with_keys(&k)
             .expect("sign");
         let a = Announcement::from_event(&foreign).expect("parse");

@@ -59,9 +59,15 @@ impl Receipt {
                 public_key: None,
                 uppercase: false,
             }),
-            tags::custom("e", [self.result_id.to_hex(), String::new(), "result".into()]),
+            tags::custom(
+                "e",
+                [self.result_id.to_hex(), String::new(), "result".into()],
+            ),
             Tag::public_key(self.buyer),
-            tags::custom("amount", [self.amount_msats.to_string(), self.bolt11.clone()]),
+            tags::custom(
+                "amount",
+                [self.amount_msats.to_string(), self.bolt11.clone()],
+            ),
             tags::custom("payment_hash", [self.payment_hash.as_str()]),
             tags::custom("preimage", [self.preimage.as_str()]),
         ];
@@ -78,7 +84,10 @@ impl Receipt {
         }
         let ids: Vec<&[String]> = tags::all(event, "e").collect();
         let id_at = |v: &[String]| v.first().and_then(|h| EventId::from_hex(h).ok());
-        let request_id = ids.first().and_then(|v| id_at(v)).ok_or(ProtocolError::MissingTag("e"))?;
+        let request_id = ids
+            .first()
+            .and_then(|v| id_at(v))
+            .ok_or(ProtocolError::MissingTag("e"))?;
         let result_id = ids
             .iter()
             .find(|v| v.get(2).map(String::as_str) == Some("result"))
@@ -92,7 +101,10 @@ impl Receipt {
             .first()
             .and_then(|a| tags::parse_msats(a))
             .ok_or_else(|| ProtocolError::BadTag("amount", "not a number of msats".into()))?;
-        let bolt11 = amount.get(1).cloned().ok_or(ProtocolError::MissingTag("amount (bolt11)"))?;
+        let bolt11 = amount
+            .get(1)
+            .cloned()
+            .ok_or(ProtocolError::MissingTag("amount (bolt11)"))?;
         let text = |name: &'static str| {
             tags::first(event, name)
                 .map(str::to_string)
@@ -117,7 +129,8 @@ impl Receipt {
         if !crate::bolt11::preimage_matches(&self.preimage, &self.payment_hash) {
             return Err(ReceiptError::Preimage);
         }
-        let inv = crate::bolt11::decode(&self.bolt11).map_err(|e| ReceiptError::Invoice(e.to_string()))?;
+        let inv = crate::bolt11::decode(&self.bolt11)
+            .map_err(|e| ReceiptError::Invoice(e.to_string()))?;
         if inv.payment_hash != self.payment_hash.to_lowercase() {
             return Err(ReceiptError::Mismatch("payment hash"));
         }
@@ -136,7 +149,13 @@ mod tests {
     #[test]
     fn round_trip_and_verify() {
         let node = bitcoin::secp256k1::SecretKey::from_slice(&[9u8; 32]).expect("key");
-        let inv = create(&node, 2_000, &Purpose::Description("pylon job x".into()), 60).expect("invoice");
+        let inv = create(
+            &node,
+            2_000,
+            &Purpose::Description("pylon job x".into()),
+            60,
+        )
+        .expect("invoice");
         let provider = Keys::generate();
         let r = Receipt {
             id: None,
@@ -156,9 +175,15 @@ mod tests {
         assert_eq!(back.result_id, r.result_id);
         assert_eq!(back.provider, Some(provider.public_key()));
         back.verify().expect("valid");
-        let lying = Receipt { preimage: "00".repeat(32), ..back.clone() };
+        let lying = Receipt {
+            preimage: "00".repeat(32),
+            ..back.clone()
+        };
         assert_eq!(lying.verify(), Err(ReceiptError::Preimage));
-        let inflated = Receipt { amount_msats: 3_000, ..back };
+        let inflated = Receipt {
+            amount_msats: 3_000,
+            ..back
+        };
         assert_eq!(inflated.verify(), Err(ReceiptError::Mismatch("amount")));
     }
 }

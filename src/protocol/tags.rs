@@ -48,7 +48,15 @@ mod tests {
     #[test]
     fn amounts_are_digits_only() {
         assert_eq!(parse_msats("1000"), Some(1000));
-        for bad in ["", "100_000", "1.5", "-3", "1e3", " 7", "99999999999999999999999"] {
+        for bad in [
+            "",
+            "100_000",
+            "1.5",
+            "-3",
+            "1e3",
+            " 7",
+            "99999999999999999999999",
+        ] {
             assert_eq!(parse_msats(bad), None, "{bad:?}");
         }
     }

@@ -69,7 +69,7 @@ pub enum Reachability {
 }
 
 /// Set when a long-running role is running on the embedded relay instead of its configured ones.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct FallbackInfo {
     /// The relay in use now.
     pub url: String,
@@ -220,6 +220,23 @@ impl MarketClient {
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_millis(50));
         }
+    }
+
+    /// Hands `event` to the connected relays without waiting for their `OK`: for events whose
+    /// acceptance nothing waits on (claims, heartbeats), so they cost no round trip.
+    pub async fn publish_nowait(&self, event: &Event) -> Result<EventId, ClientError> {
+        let urls = self.relay_urls().await;
+        let output = self
+            .client
+            .send_msg_to(urls, ClientMessage::event(event.clone()))
+            .await?;
+        if output.success.is_empty() {
+            return Err(ClientError::Rejected {
+                id: event.id,
+                reasons: join_reasons(&output.failed),
+            });
+        }
+        Ok(event.id)
     }
 
     /// Stored events matching `filter`, gathered until every relay sent EOSE or `timeout` passed.

@@ -14,7 +14,7 @@ use futures_util::future::BoxFuture;
 use nostr_sdk::nips::nip47::NostrWalletConnectURI;
 use nostr_sdk::{Event, EventId, Filter, Keys, PublicKey, RelayPoolNotification, Timestamp};
 use serde::de::DeserializeOwned;
-use tokio::sync::{broadcast, oneshot};
+use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinHandle;
 
 use super::{Wallet, WalletError};
@@ -22,7 +22,7 @@ use crate::protocol::kinds;
 use crate::protocol::nip47::{
     self, BalanceResult, Encryption, FaucetParams, GetInfoResult, ListTransactionsParams,
     ListTransactionsResult, LookupInvoiceParams, MakeInvoiceParams, Notification, PayInvoiceParams,
-    PayResult, Request, Response, ResponseError, Transaction, WalletInfo,
+    PayResult, Request, Response, ResponseError, Transaction, TransactionState, WalletInfo,
 };
 use crate::relay::{MarketClient, Reachability};
 
@@ -59,7 +59,7 @@ struct Inner {
     wallet: PublicKey,
     encryption: Encryption,
     info: Option<WalletInfo>,
-    pending: Mutex<HashMap<EventId, oneshot::Sender<Event>>>,
+    pending: Mutex<HashMap<EventId, mpsc::UnboundedSender<Event>>>,
     notify: broadcast::Sender<Notification>,
     options: NwcOptions,
 }
@@ -178,39 +178,84 @@ impl Inner {
         })
     }
 
+    /// Sends `request` and waits for its answer, recovering from lost events: relays drop events
+    /// under load, and a wallet's relay client ignores an event id it has seen, so an identical
+    /// resend cannot recover a lost *response*. So: a payment that went unanswered is looked up
+    /// (if it settled, its preimage is the answer; if not, the same request is sent again, which
+    /// the wallet runs at most once); any other request is re-sent as a fresh event.
     async fn round_trip(&self, request: &Request) -> Result<Response, WalletError> {
         let timeout = self.options.request_timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let mut sent: Vec<EventId> = Vec::new();
+        let event = self.sign(request, timeout)?;
+        self.send(&event, &tx, &mut sent).await;
+        let result = loop {
+            let wait = self
+                .options
+                .resend_every
+                .min(deadline.saturating_duration_since(tokio::time::Instant::now()));
+            match tokio::time::timeout(wait, rx.recv()).await {
+                Ok(Some(answer)) => break self.decode(&answer),
+                Ok(None) => break Err(WalletError::Protocol("listener stopped".into())),
+                Err(_) if tokio::time::Instant::now() >= deadline => {
+                    break Err(WalletError::Timeout(timeout))
+                }
+                Err(_) => {}
+            }
+            match payment_hash_of(request) {
+                Some(hash) => {
+                    if let Some(done) = self.settled(&hash, request.method()).await {
+                        break Ok(done);
+                    }
+                    tracing::debug!(id = %event.id, "payment unanswered and unsettled; sending again");
+                    self.send(&event, &tx, &mut sent).await;
+                }
+                None => {
+                    tracing::debug!(
+                        method = request.method(),
+                        "no wallet answer yet; asking again"
+                    );
+                    let fresh = self.sign(request, timeout)?;
+                    self.send(&fresh, &tx, &mut sent).await;
+                }
+            }
+        };
+        let mut pending = self.lock_pending();
+        for id in sent {
+            pending.remove(&id);
+        }
+        result
+    }
+
+    fn sign(&self, request: &Request, timeout: Duration) -> Result<Event, WalletError> {
         let expires = Timestamp::now() + timeout.as_secs().max(1) + 5;
-        let event = nip47::request_event(
+        nip47::request_event(
             &self.keys,
             &self.wallet,
             self.encryption,
             request,
             Some(expires),
         )
-        .map_err(|e| WalletError::Protocol(e.to_string()))?;
-        let (tx, mut rx) = oneshot::channel();
-        self.lock_pending().insert(event.id, tx);
-        let deadline = tokio::time::Instant::now() + timeout;
-        let result = loop {
-            if let Err(e) = self.relay.publish(&event).await {
-                tracing::debug!("wallet request not sent: {e}");
-            }
-            let wait = self
-                .options
-                .resend_every
-                .min(deadline - tokio::time::Instant::now());
-            match tokio::time::timeout(wait, &mut rx).await {
-                Ok(Ok(answer)) => break Ok(answer),
-                Ok(Err(_)) => break Err(WalletError::Protocol("listener stopped".into())),
-                Err(_) if tokio::time::Instant::now() >= deadline => {
-                    break Err(WalletError::Timeout(timeout))
-                }
-                Err(_) => tracing::debug!(id = %event.id, "no wallet answer yet; sending again"),
-            }
-        };
-        self.lock_pending().remove(&event.id);
-        let answer = result?;
+        .map_err(|e| WalletError::Protocol(e.to_string()))
+    }
+
+    async fn send(
+        &self,
+        event: &Event,
+        answers: &mpsc::UnboundedSender<Event>,
+        sent: &mut Vec<EventId>,
+    ) {
+        if !sent.contains(&event.id) {
+            self.lock_pending().insert(event.id, answers.clone());
+            sent.push(event.id);
+        }
+        if let Err(e) = self.relay.publish(event).await {
+            tracing::debug!("wallet request not sent: {e}");
+        }
+    }
+
+    fn decode(&self, answer: &Event) -> Result<Response, WalletError> {
         let json = self
             .encryption
             .decrypt(&self.keys, &self.wallet, &answer.content)
@@ -218,7 +263,34 @@ impl Inner {
         Response::parse(&json).map_err(|e| WalletError::Protocol(e.to_string()))
     }
 
-    fn lock_pending(&self) -> std::sync::MutexGuard<'_, HashMap<EventId, oneshot::Sender<Event>>> {
+    /// If the payment with `hash` settled, the answer a lost `pay_invoice` response would have
+    /// carried. One lookup attempt, bounded by the resend interval.
+    async fn settled(&self, hash: &str, method: &str) -> Option<Response> {
+        let lookup = Request::LookupInvoice(LookupInvoiceParams {
+            payment_hash: Some(hash.to_string()),
+            invoice: None,
+        });
+        let event = self.sign(&lookup, self.options.resend_every).ok()?;
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let mut sent = Vec::new();
+        self.send(&event, &tx, &mut sent).await;
+        let answer = tokio::time::timeout(self.options.resend_every, rx.recv()).await;
+        self.lock_pending().remove(&event.id);
+        let tx: Transaction = self.decode(&answer.ok()??).ok()?.into_result().ok()?;
+        let settled = tx.state == Some(TransactionState::Settled) || tx.settled_at.is_some();
+        let preimage = tx.preimage.filter(|_| settled)?;
+        Some(Response::ok(
+            method,
+            PayResult {
+                preimage,
+                fees_paid: Some(tx.fees_paid),
+            },
+        ))
+    }
+
+    fn lock_pending(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<EventId, mpsc::UnboundedSender<Event>>> {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -243,7 +315,8 @@ async fn listen(inner: Arc<Inner>, notification_kind: nostr_sdk::Kind) {
         }
         if event.kind == kinds::NWC_RESPONSE {
             if let Some(request) = nip47::responded_request(&event) {
-                if let Some(waiter) = inner.lock_pending().remove(&request) {
+                let waiter = inner.lock_pending().get(&request).cloned();
+                if let Some(waiter) = waiter {
                     let _ = waiter.send(*event);
                 }
             }
@@ -327,4 +400,14 @@ impl Wallet for NwcWallet {
     fn notifications(&self) -> broadcast::Receiver<Notification> {
         self.inner.notify.subscribe()
     }
+}
+
+/// The payment hash a money-moving request is about, when it pays an invoice.
+fn payment_hash_of(request: &Request) -> Option<String> {
+    let invoice = match request {
+        Request::PayInvoice(p) => &p.invoice,
+        Request::Faucet(p) => &p.invoice,
+        _ => return None,
+    };
+    crate::bolt11::decode(invoice).ok().map(|d| d.payment_hash)
 }

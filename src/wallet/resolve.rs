@@ -57,10 +57,12 @@ pub fn hub_uri(identity: &Identity, hub: PublicKey, relays: &[RelayUrl]) -> Nost
     )
 }
 
-/// Resolves the wallet URI for `identity` under `config` (see the module documentation).
+/// Resolves the wallet URI for `identity` under `config` (see the module documentation). A hub is
+/// reached, and looked for, through `relays` (the relays the caller actually uses).
 pub async fn resolve_uri(
     identity: &Identity,
     config: &Config,
+    relays: &[RelayUrl],
 ) -> Result<(NostrWalletConnectURI, WalletSource), WalletError> {
     if let Some(uri) = &config.wallet.nwc_uri {
         let parsed = NostrWalletConnectURI::parse(uri)
@@ -70,7 +72,7 @@ pub async fn resolve_uri(
     }
     if let Some(hub) = config.wallet.hub {
         return Ok((
-            hub_uri(identity, hub, &config.relays),
+            hub_uri(identity, hub, relays),
             WalletSource::PinnedHub(hub.to_hex()),
         ));
     }
@@ -81,9 +83,9 @@ pub async fn resolve_uri(
         )));
     }
     let timeout = crate::relay::client::ONE_SHOT_TIMEOUT.max(Duration::from_secs(3));
-    match find_hub(&config.relays, timeout).await? {
+    match find_hub(relays, timeout).await? {
         Some(info) => Ok((
-            hub_uri(identity, info.service, &config.relays),
+            hub_uri(identity, info.service, relays),
             WalletSource::DiscoveredHub(info.service.to_hex()),
         )),
         None => Err(WalletError::NotConfigured(
@@ -94,12 +96,13 @@ pub async fn resolve_uri(
     }
 }
 
-/// Resolves and connects the wallet.
+/// Resolves and connects the wallet, reaching a hub through `relays`.
 pub async fn connect(
     identity: &Identity,
     config: &Config,
+    relays: &[RelayUrl],
 ) -> Result<(NwcWallet, WalletSource), WalletError> {
-    let (uri, source) = resolve_uri(identity, config).await?;
+    let (uri, source) = resolve_uri(identity, config, relays).await?;
     let options = NwcOptions {
         request_timeout: Duration::from_secs(config.wallet.timeout_secs),
         ..NwcOptions::default()

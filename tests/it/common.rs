@@ -368,3 +368,46 @@ impl Market {
         guard.audit().expect("audit")
     }
 }
+
+/// An initialised home and the identity behind it.
+pub struct Home {
+    pub path: std::path::PathBuf,
+    pub identity: pylon::identity::Identity,
+}
+
+impl Home {
+    pub fn new(path: std::path::PathBuf) -> Self {
+        let created = init_home(&path);
+        let words = created["mnemonic"].as_str().expect("mnemonic").to_string();
+        let identity = pylon::identity::Identity::from_mnemonic(&words).expect("identity");
+        Self { path, identity }
+    }
+
+    /// This home's wallet account on the market's hub, from the test's side.
+    pub async fn wallet(&self, market: &Market) -> pylon::wallet::NwcWallet {
+        pylon::wallet::NwcWallet::connect(
+            &market.uri(&self.identity.wallet_client_keys()),
+            Default::default(),
+        )
+        .await
+        .expect("wallet")
+    }
+}
+
+/// A `pylon node up` process for `home` on `relays`, with extra arguments. Returns it once up.
+pub fn start_node_process(home: &Path, relays: &[&str], extra: &[&str]) -> Spawned {
+    let mut cmd = pylon(home);
+    for r in relays {
+        cmd.args(["--relay", r]);
+    }
+    cmd.args(["node", "up", "--heartbeat-secs", "1"])
+        .args(extra)
+        .env("PYLON_PASSPHRASE", PASS);
+    let node = Spawned::start(&mut cmd);
+    assert!(
+        node.first_line.contains(" up:"),
+        "node did not start: {}",
+        node.first_line
+    );
+    node
+}

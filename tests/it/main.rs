@@ -6,5 +6,6 @@ mod external_relay;
 mod fallback;
 mod hub_process;
 mod hub_wallet;
+mod market;
 mod relay_process;
 mod relay_protocol;

@@ -43,7 +43,8 @@ fn extract(language: Language, source: &str) -> Option<(Vec<Definition>, Vec<Str
     let mut matches = cursor.matches(query, tree.root_node(), source.as_bytes());
     // Node id → (pattern index, position in `found`): a node matching several patterns (a Go
     // struct is also a type) takes the earliest pattern, which the query files list most specific first.
-    let mut seen: std::collections::HashMap<usize, (usize, usize)> = std::collections::HashMap::new();
+    let mut seen: std::collections::HashMap<usize, (usize, usize)> =
+        std::collections::HashMap::new();
     let mut found: Vec<(usize, Definition)> = Vec::new();
     let mut imports: Vec<String> = Vec::new();
     let mut dunder_all: Option<HashSet<String>> = None;
@@ -156,7 +157,14 @@ fn is_exported(language: Language, def: Node<'_>, name: &str, source: &str) -> b
         Language::Python => !name.starts_with('_'),
         Language::Go => name.chars().next().is_some_and(char::is_uppercase),
         Language::JavaScript | Language::TypeScript | Language::Tsx => {
-            if name.starts_with('#') || has_child_text(def, "accessibility_modifier", &["private", "protected"], source) {
+            if name.starts_with('#')
+                || has_child_text(
+                    def,
+                    "accessibility_modifier",
+                    &["private", "protected"],
+                    source,
+                )
+            {
                 return false;
             }
             let mut at = def.parent();
@@ -187,14 +195,12 @@ fn has_child_text(node: Node<'_>, kind: &str, texts: &[&str], source: &str) -> b
 /// The declaration up to its body, whitespace collapsed.
 fn signature(language: Language, def: Node<'_>, source: &str) -> String {
     let start = def.start_byte();
-    let body = def
-        .child_by_field_name("body")
-        .or_else(|| {
-            // `const f = (x) => { … }`: stop at the arrow function's body.
-            def.child_by_field_name("value")
-                .filter(|v| matches!(v.kind(), "arrow_function" | "function_expression"))
-                .and_then(|v| v.child_by_field_name("body"))
-        });
+    let body = def.child_by_field_name("body").or_else(|| {
+        // `const f = (x) => { … }`: stop at the arrow function's body.
+        def.child_by_field_name("value")
+            .filter(|v| matches!(v.kind(), "arrow_function" | "function_expression"))
+            .and_then(|v| v.child_by_field_name("body"))
+    });
     let end = match body {
         Some(b) => b.start_byte(),
         None => {
@@ -226,7 +232,9 @@ fn quoted_strings(text: &str) -> HashSet<String> {
     while let Some(open) = rest.find(['"', '\'']) {
         let quote = rest.as_bytes()[open] as char;
         let after = &rest[open + 1..];
-        let Some(close) = after.find(quote) else { break };
+        let Some(close) = after.find(quote) else {
+            break;
+        };
         out.insert(after[..close].to_string());
         rest = &after[close + 1..];
     }
@@ -301,10 +309,7 @@ mod tests {
         );
         let a = analyze("tools.py", src);
         assert_eq!(a.imports, vec!["os", "a.b", "x.y"]);
-        assert_eq!(
-            a.definitions[3].signature,
-            "def run(self, n: int) -> int"
-        );
+        assert_eq!(a.definitions[3].signature, "def run(self, n: int) -> int");
         let with_all = "__all__ = ['b']\ndef a():\n    pass\ndef b():\n    pass\n";
         let exported: Vec<_> = analyze("m.py", with_all)
             .definitions
@@ -346,9 +351,16 @@ mod tests {
                 d("g", "function", 9, true),
             ]
         );
-        let g = analyze("y.ts", ts).definitions.into_iter().find(|d| d.name == "g").expect("g");
+        let g = analyze("y.ts", ts)
+            .definitions
+            .into_iter()
+            .find(|d| d.name == "g")
+            .expect("g");
         assert_eq!(g.signature, "function g(a: string): boolean");
-        assert_eq!(analyze("z.tsx", "export const App = () => <div/>;\n").definitions[0].name, "App");
+        assert_eq!(
+            analyze("z.tsx", "export const App = () => <div/>;\n").definitions[0].name,
+            "App"
+        );
     }
 
     #[test]

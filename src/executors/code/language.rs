@@ -36,7 +36,10 @@ pub const PARSED: [Language; 6] = [
 impl Language {
     /// By file extension.
     pub fn from_path(path: &str) -> Self {
-        let ext = path.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase()).unwrap_or_default();
+        let ext = path
+            .rsplit_once('.')
+            .map(|(_, e)| e.to_ascii_lowercase())
+            .unwrap_or_default();
         match ext.as_str() {
             "rs" => Self::Rust,
             "py" | "pyi" => Self::Python,
@@ -139,7 +142,9 @@ mod tests {
         for lang in PARSED {
             let grammar = lang.grammar().expect("grammar");
             let mut parser = tree_sitter::Parser::new();
-            parser.set_language(&grammar).expect("grammar ABI is supported");
+            parser
+                .set_language(&grammar)
+                .expect("grammar ABI is supported");
             let source = lang.query_source().expect("query");
             if let Err(e) = Query::new(&grammar, source) {
                 panic!("{} query: {e}", lang.name());

@@ -26,7 +26,10 @@ impl Executor for CodeAnalysis {
     }
 
     fn backends(&self) -> Vec<String> {
-        vec![format!("tree-sitter {}", "0.27 (rust, python, javascript, typescript, go)")]
+        vec![format!(
+            "tree-sitter {}",
+            "0.27 (rust, python, javascript, typescript, go)"
+        )]
     }
 
     fn execute<'a>(&'a self, request: &'a JobRequest) -> BoxFuture<'a, Result<Output, ExecError>> {
@@ -34,7 +37,9 @@ impl Executor for CodeAnalysis {
             let (path, content) = input(request).await?;
             let analysis = tokio::task::spawn_blocking(move || analyze(&path, &content))
                 .await
-                .map_err(|e| ExecError::new(FailureCode::ExecError, format!("analyzer crashed: {e}")))?;
+                .map_err(|e| {
+                    ExecError::new(FailureCode::ExecError, format!("analyzer crashed: {e}"))
+                })?;
             let json = serde_json::to_string(&analysis)
                 .map_err(|e| ExecError::new(FailureCode::ExecError, e.to_string()))?;
             Ok(Output { content: json })
@@ -45,17 +50,20 @@ impl Executor for CodeAnalysis {
 /// The file to analyse: `i` text with a `path` param, or an `i` url.
 async fn input(request: &JobRequest) -> Result<(String, String), ExecError> {
     let invalid = |m: String| ExecError::new(FailureCode::InvalidInput, m);
-    let first = request
-        .inputs
-        .first()
-        .ok_or_else(|| invalid("no input: send the file as an `i` text tag (with a `path` param) or a url".into()))?;
+    let first = request.inputs.first().ok_or_else(|| {
+        invalid("no input: send the file as an `i` text tag (with a `path` param) or a url".into())
+    })?;
     let (path, bytes) = match first.input_type {
         InputType::Text | InputType::Prompt => (
             request.param("path").unwrap_or("input.txt").to_string(),
             first.data.clone().into_bytes(),
         ),
         InputType::Url => fetch(&first.data).await?,
-        ref other => return Err(invalid(format!("input type `{other:?}` is not supported; use text or url"))),
+        ref other => {
+            return Err(invalid(format!(
+                "input type `{other:?}` is not supported; use text or url"
+            )))
+        }
     };
     if bytes.len() > MAX_FILE_BYTES {
         return Err(invalid(format!(
@@ -66,7 +74,8 @@ async fn input(request: &JobRequest) -> Result<(String, String), ExecError> {
     if bytes.contains(&0) {
         return Err(invalid("binary input (contains NUL bytes)".into()));
     }
-    let content = String::from_utf8(bytes).map_err(|_| invalid("binary input (not UTF-8)".into()))?;
+    let content =
+        String::from_utf8(bytes).map_err(|_| invalid("binary input (not UTF-8)".into()))?;
     Ok((path, content))
 }
 
@@ -74,7 +83,10 @@ async fn fetch(url: &str) -> Result<(String, Vec<u8>), ExecError> {
     let invalid = |m: String| ExecError::new(FailureCode::InvalidInput, m);
     let parsed = reqwest::Url::parse(url).map_err(|e| invalid(format!("bad url: {e}")))?;
     if !matches!(parsed.scheme(), "http" | "https") {
-        return Err(invalid(format!("only http(s) urls are fetched, not {}", parsed.scheme())));
+        return Err(invalid(format!(
+            "only http(s) urls are fetched, not {}",
+            parsed.scheme()
+        )));
     }
     let path = parsed.path().trim_start_matches('/').to_string();
     let client = reqwest::Client::builder()
@@ -97,8 +109,17 @@ async fn fetch(url: &str) -> Result<(String, Vec<u8>), ExecError> {
     {
         body.extend_from_slice(&chunk);
         if body.len() > MAX_FILE_BYTES {
-            return Err(invalid(format!("{url} is larger than {MAX_FILE_BYTES} bytes")));
+            return Err(invalid(format!(
+                "{url} is larger than {MAX_FILE_BYTES} bytes"
+            )));
         }
     }
-    Ok((if path.is_empty() { "index".into() } else { path }, body))
+    Ok((
+        if path.is_empty() {
+            "index".into()
+        } else {
+            path
+        },
+        body,
+    ))
 }

@@ -10,7 +10,12 @@ const MAX_DOC_LINES: usize = 6;
 const LINE_WIDTH: usize = 160;
 
 /// Builds the summary. Files too small to fill ten lines get every line they have.
-pub fn build(language: Language, source: &str, defs: &[Definition], imports: &[String]) -> Vec<String> {
+pub fn build(
+    language: Language,
+    source: &str,
+    defs: &[Definition],
+    imports: &[String],
+) -> Vec<String> {
     let mut lines: Vec<String> = leading_doc(language, source);
     let exported = defs.iter().filter(|d| d.exported).count();
     let mut shape = format!(
@@ -30,7 +35,11 @@ pub fn build(language: Language, source: &str, defs: &[Definition], imports: &[S
     }
     lines.push(shape);
     // Exported definitions first: they are what the rest of the repository sees.
-    for d in defs.iter().filter(|d| d.exported).chain(defs.iter().filter(|d| !d.exported)) {
+    for d in defs
+        .iter()
+        .filter(|d| d.exported)
+        .chain(defs.iter().filter(|d| !d.exported))
+    {
         if lines.len() >= MAX_LINES {
             break;
         }
@@ -47,16 +56,18 @@ pub fn build(language: Language, source: &str, defs: &[Definition], imports: &[S
         }
     }
     lines.truncate(MAX_LINES);
-    lines.into_iter().map(|l| truncate(&l, LINE_WIDTH)).collect()
+    lines
+        .into_iter()
+        .map(|l| truncate(&l, LINE_WIDTH))
+        .collect()
 }
 
 /// The comment or docstring a file opens with, without its markers.
 fn leading_doc(language: Language, source: &str) -> Vec<String> {
     let mut out = Vec::new();
-    let mut lines = source
-        .lines()
-        .map(str::trim)
-        .skip_while(|l| l.starts_with("#!") || l.is_empty() || *l == "\"use strict\";" || *l == "'use strict';");
+    let mut lines = source.lines().map(str::trim).skip_while(|l| {
+        l.starts_with("#!") || l.is_empty() || *l == "\"use strict\";" || *l == "'use strict';"
+    });
     let strip = |l: &str, markers: &[&str]| -> String {
         let mut t = l;
         for m in markers {
@@ -112,7 +123,12 @@ fn leading_doc(language: Language, source: &str) -> Vec<String> {
             }
         }
         Language::Text => {
-            out.extend(lines.filter(|l| !l.is_empty()).take(MAX_DOC_LINES).map(|l| strip(l, &["#"])));
+            out.extend(
+                lines
+                    .filter(|l| !l.is_empty())
+                    .take(MAX_DOC_LINES)
+                    .map(|l| strip(l, &["#"])),
+            );
         }
     }
     out.retain(|l| !l.is_empty());
@@ -122,7 +138,6 @@ fn leading_doc(language: Language, source: &str) -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use crate::executors::code::analyze::analyze;
 
     #[test]

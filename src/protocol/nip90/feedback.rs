@@ -65,7 +65,12 @@ pub struct NewFeedback {
 
 impl NewFeedback {
     /// Signs feedback on request `request_id` from `buyer`.
-    pub fn to_event(&self, keys: &Keys, request_id: EventId, buyer: PublicKey) -> Result<Event, ProtocolError> {
+    pub fn to_event(
+        &self,
+        keys: &Keys,
+        request_id: EventId,
+        buyer: PublicKey,
+    ) -> Result<Event, ProtocolError> {
         let mut t = vec![
             tags::custom("status", [self.status.as_str(), self.info.as_str()]),
             Tag::event(request_id),
@@ -109,13 +114,21 @@ impl Feedback {
     /// Parses kind-7000 feedback.
     pub fn from_event(event: &Event) -> Result<Self, ProtocolError> {
         if event.kind != kinds::JOB_FEEDBACK {
-            return Err(ProtocolError::WrongKind(event.kind.as_u16(), "job feedback"));
+            return Err(ProtocolError::WrongKind(
+                event.kind.as_u16(),
+                "job feedback",
+            ));
         }
-        let status_values = tags::values(event, "status").ok_or(ProtocolError::MissingTag("status"))?;
+        let status_values =
+            tags::values(event, "status").ok_or(ProtocolError::MissingTag("status"))?;
         let status = JobStatus::parse(status_values.first().map(String::as_str).unwrap_or(""));
-        let info = status_values.get(1).cloned().unwrap_or_else(|| event.content.clone());
+        let info = status_values
+            .get(1)
+            .cloned()
+            .unwrap_or_else(|| event.content.clone());
         let e = tags::first(event, "e").ok_or(ProtocolError::MissingTag("e"))?;
-        let request_id = EventId::from_hex(e).map_err(|err| ProtocolError::BadTag("e", err.to_string()))?;
+        let request_id =
+            EventId::from_hex(e).map_err(|err| ProtocolError::BadTag("e", err.to_string()))?;
         let failure = match tags::first(event, "failure") {
             Some(code) => Some(FailureCode::parse(code)),
             None if status == JobStatus::Error => info
@@ -163,18 +176,41 @@ mod tests {
             .to_event(&k, id, buyer)
             .expect("event");
             let fb = Feedback::from_event(&ev).expect("parse");
-            assert_eq!((fb.status, fb.failure, fb.request_id), (status, failure, id));
+            assert_eq!(
+                (fb.status, fb.failure, fb.request_id),
+                (status, failure, id)
+            );
         }
     }
 
     #[test]
     fn unknown_statuses_and_codes_in_text() {
         let k = Keys::generate();
-        let mk = |tags: Vec<Tag>| EventBuilder::new(Kind::Custom(7000), "").tags(tags).sign_with_keys(&k).expect("sign");
-        let ev = mk(vec![tags::custom("status", ["thinking-hard"]), Tag::event(EventId::all_zeros())]);
-        assert_eq!(Feedback::from_event(&ev).expect("parse").status, JobStatus::Other("thinking-hard".into()));
-        let ev = mk(vec![tags::custom("status", ["error", "timeout: took too long"]), Tag::event(EventId::all_zeros())]);
-        assert_eq!(Feedback::from_event(&ev).expect("parse").failure, Some(FailureCode::Timeout));
-        assert_eq!(Feedback::from_event(&mk(vec![])), Err(ProtocolError::MissingTag("status")));
+        let mk = |tags: Vec<Tag>| {
+            EventBuilder::new(Kind::Custom(7000), "")
+                .tags(tags)
+                .sign_with_keys(&k)
+                .expect("sign")
+        };
+        let ev = mk(vec![
+            tags::custom("status", ["thinking-hard"]),
+            Tag::event(EventId::all_zeros()),
+        ]);
+        assert_eq!(
+            Feedback::from_event(&ev).expect("parse").status,
+            JobStatus::Other("thinking-hard".into())
+        );
+        let ev = mk(vec![
+            tags::custom("status", ["error", "timeout: took too long"]),
+            Tag::event(EventId::all_zeros()),
+        ]);
+        assert_eq!(
+            Feedback::from_event(&ev).expect("parse").failure,
+            Some(FailureCode::Timeout)
+        );
+        assert_eq!(
+            Feedback::from_event(&mk(vec![])),
+            Err(ProtocolError::MissingTag("status"))
+        );
     }
 }

@@ -62,15 +62,19 @@ impl Amount {
             return Ok(None);
         };
         let raw = values.first().map(String::as_str).unwrap_or("");
-        let msats = tags::parse_msats(raw)
-            .ok_or_else(|| ProtocolError::BadTag("amount", format!("`{raw}` is not a number of msats")))?;
+        let msats = tags::parse_msats(raw).ok_or_else(|| {
+            ProtocolError::BadTag("amount", format!("`{raw}` is not a number of msats"))
+        })?;
         let bolt11 = values
             .get(1)
             .map(|s| s.trim().to_string())
             .filter(|s| !s.is_empty());
         if let Some(b) = &bolt11 {
             if !b.to_ascii_lowercase().starts_with("ln") {
-                return Err(ProtocolError::BadTag("amount", format!("`{b}` is not a BOLT11 invoice")));
+                return Err(ProtocolError::BadTag(
+                    "amount",
+                    format!("`{b}` is not a BOLT11 invoice"),
+                ));
             }
         }
         Ok(Some(Self { msats, bolt11 }))

@@ -135,7 +135,11 @@ impl NewJob {
             return Err(ProtocolError::WrongKind(self.kind, "job request"));
         }
         let mut private: Vec<Tag> = self.inputs.iter().map(JobInput::to_tag).collect();
-        private.extend(self.params.iter().map(|(k, v)| tags::custom("param", [k.as_str(), v.as_str()])));
+        private.extend(
+            self.params
+                .iter()
+                .map(|(k, v)| tags::custom("param", [k.as_str(), v.as_str()])),
+        );
         let mut public: Vec<Tag> = Vec::new();
         if let Some(o) = &self.output {
             public.push(tags::custom("output", [o.as_str()]));
@@ -157,9 +161,13 @@ impl NewJob {
             }
             Some(enc) => {
                 let [provider] = self.providers.as_slice() else {
-                    return Err(ProtocolError::BadTag("p", "an encrypted job names exactly one provider".into()));
+                    return Err(ProtocolError::BadTag(
+                        "p",
+                        "an encrypted job names exactly one provider".into(),
+                    ));
                 };
-                let json = serde_json::to_string(&private).map_err(|e| ProtocolError::Sign(e.to_string()))?;
+                let json = serde_json::to_string(&private)
+                    .map_err(|e| ProtocolError::Sign(e.to_string()))?;
                 public.push(tags::custom("encrypted", Vec::<String>::new()));
                 enc.encrypt(keys, provider, &json)
                     .map_err(|e| ProtocolError::Encrypted(e.to_string()))?
@@ -210,7 +218,8 @@ impl JobRequest {
         }
         let encrypted = tags::values(event, "encrypted").is_some();
         let (private_tags, encryption): (Vec<Vec<String>>, Option<Encryption>) = if encrypted {
-            let keys = keys.ok_or_else(|| ProtocolError::Encrypted("no key to decrypt with".into()))?;
+            let keys =
+                keys.ok_or_else(|| ProtocolError::Encrypted("no key to decrypt with".into()))?;
             let enc = payload_encryption(&event.content);
             let json = enc
                 .decrypt(keys, &event.pubkey, &event.content)
@@ -227,18 +236,22 @@ impl JobRequest {
                 .filter(move |t| t.first().map(String::as_str) == Some(name))
                 .map(|t| t[1..].to_vec())
         };
-        let mut inputs: Vec<JobInput> = tags::all(event, "i").filter_map(JobInput::from_values).collect();
+        let mut inputs: Vec<JobInput> = tags::all(event, "i")
+            .filter_map(JobInput::from_values)
+            .collect();
         inputs.extend(private("i").filter_map(|v| JobInput::from_values(&v)));
         let mut params: Vec<(String, String)> = tags::all(event, "param")
             .filter_map(|v| Some((v.first()?.clone(), v.get(1).cloned().unwrap_or_default())))
             .collect();
-        params.extend(private("param").filter_map(|v| Some((v.first()?.clone(), v.get(1).cloned().unwrap_or_default()))));
+        params.extend(
+            private("param")
+                .filter_map(|v| Some((v.first()?.clone(), v.get(1).cloned().unwrap_or_default()))),
+        );
         let bid_msats = match tags::first(event, "bid") {
             None => None,
-            Some(raw) => Some(
-                tags::parse_msats(raw)
-                    .ok_or_else(|| ProtocolError::BadTag("bid", format!("`{raw}` is not a number of msats")))?,
-            ),
+            Some(raw) => Some(tags::parse_msats(raw).ok_or_else(|| {
+                ProtocolError::BadTag("bid", format!("`{raw}` is not a number of msats"))
+            })?),
         };
         Ok(Self {
             id: event.id,
@@ -250,7 +263,9 @@ impl JobRequest {
             output: tags::first(event, "output").map(str::to_string),
             bid_msats,
             providers: event.tags.public_keys().copied().collect(),
-            relays: tags::values(event, "relays").map(<[String]>::to_vec).unwrap_or_default(),
+            relays: tags::values(event, "relays")
+                .map(<[String]>::to_vec)
+                .unwrap_or_default(),
             encrypted: encryption,
             expiration: crate::protocol::nip47::expiration(event),
         })
@@ -258,7 +273,10 @@ impl JobRequest {
 
     /// The first value of param `name`.
     pub fn param(&self, name: &str) -> Option<&str> {
-        self.params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        self.params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 
     /// Whether `provider` may take this job: it names no provider, or names this one.
@@ -304,9 +322,15 @@ mod tests {
             assert!(parsed.is_for(&provider.public_key()));
             assert!(!parsed.is_for(&buyer.public_key()));
             if enc.is_some() {
-                assert!(!ev.content.contains("fn main"), "inputs are not in the clear");
+                assert!(
+                    !ev.content.contains("fn main"),
+                    "inputs are not in the clear"
+                );
                 assert!(tags::values(&ev, "i").is_none());
-                assert!(JobRequest::from_event(&ev, Some(&Keys::generate())).is_err(), "someone else cannot read it");
+                assert!(
+                    JobRequest::from_event(&ev, Some(&Keys::generate())).is_err(),
+                    "someone else cannot read it"
+                );
                 assert!(JobRequest::from_event(&ev, None).is_err());
             }
         }
@@ -322,21 +346,39 @@ mod tests {
                 .expect("sign")
         };
         // A `prompt` input type and a missing type.
-        let ev = mk(vec![tags::custom("i", ["hello", "prompt"]), tags::custom("i", ["bare"])]);
+        let ev = mk(vec![
+            tags::custom("i", ["hello", "prompt"]),
+            tags::custom("i", ["bare"]),
+        ]);
         let r = JobRequest::from_event(&ev, None).expect("parses");
         assert_eq!(r.inputs[0].input_type, InputType::Prompt);
         assert_eq!(r.inputs[1].input_type, InputType::Text);
         // No `i` at all is a parseable request (the executor decides it is invalid input).
-        assert!(JobRequest::from_event(&mk(vec![]), None).expect("parses").inputs.is_empty());
+        assert!(JobRequest::from_event(&mk(vec![]), None)
+            .expect("parses")
+            .inputs
+            .is_empty());
         // A non-numeric bid is an error, not a guess.
-        let err = JobRequest::from_event(&mk(vec![tags::custom("bid", ["100_000"])]), None).expect_err("bad bid");
+        let err = JobRequest::from_event(&mk(vec![tags::custom("bid", ["100_000"])]), None)
+            .expect_err("bad bid");
         assert!(matches!(err, ProtocolError::BadTag("bid", _)));
         // An empty tag and odd tags don't panic.
-        let ev = mk(vec![tags::custom("i", Vec::<String>::new()), tags::custom("param", Vec::<String>::new())]);
-        assert!(JobRequest::from_event(&ev, None).expect("parses").inputs.is_empty());
+        let ev = mk(vec![
+            tags::custom("i", Vec::<String>::new()),
+            tags::custom("param", Vec::<String>::new()),
+        ]);
+        assert!(JobRequest::from_event(&ev, None)
+            .expect("parses")
+            .inputs
+            .is_empty());
         // Not a request kind.
-        let note = EventBuilder::new(Kind::Custom(1), "hi").sign_with_keys(&k).expect("sign");
-        assert!(matches!(JobRequest::from_event(&note, None), Err(ProtocolError::WrongKind(1, _))));
+        let note = EventBuilder::new(Kind::Custom(1), "hi")
+            .sign_with_keys(&k)
+            .expect("sign");
+        assert!(matches!(
+            JobRequest::from_event(&note, None),
+            Err(ProtocolError::WrongKind(1, _))
+        ));
     }
 
     #[test]

@@ -76,28 +76,30 @@ impl JobResult {
             return Err(ProtocolError::WrongKind(kind, "job result"));
         }
         let e = tags::first(event, "e").ok_or(ProtocolError::MissingTag("e"))?;
-        let request_id = EventId::from_hex(e).map_err(|err| ProtocolError::BadTag("e", err.to_string()))?;
+        let request_id =
+            EventId::from_hex(e).map_err(|err| ProtocolError::BadTag("e", err.to_string()))?;
         let request = match tags::first(event, "request") {
             None => None,
             Some(json) => {
-                let embedded =
-                    Event::from_json(json).map_err(|err| ProtocolError::BadTag("request", err.to_string()))?;
+                let embedded = Event::from_json(json)
+                    .map_err(|err| ProtocolError::BadTag("request", err.to_string()))?;
                 if embedded.id != request_id {
                     return Err(ProtocolError::RequestMismatch {
                         e: request_id.to_hex(),
                         embedded: embedded.id.to_hex(),
                     });
                 }
-                embedded
-                    .verify()
-                    .map_err(|err| ProtocolError::BadTag("request", format!("embedded request is forged: {err}")))?;
+                embedded.verify().map_err(|err| {
+                    ProtocolError::BadTag("request", format!("embedded request is forged: {err}"))
+                })?;
                 Some(Box::new(embedded))
             }
         };
         let buyer = tags::first(event, "p").and_then(|p| PublicKey::from_hex(p).ok());
         let encrypted = tags::values(event, "encrypted").is_some();
         let content = if encrypted {
-            let keys = keys.ok_or_else(|| ProtocolError::Encrypted("no key to decrypt with".into()))?;
+            let keys =
+                keys.ok_or_else(|| ProtocolError::Encrypted("no key to decrypt with".into()))?;
             payload_encryption(&event.content)
                 .decrypt(keys, &event.pubkey, &event.content)
                 .map_err(|err| ProtocolError::Encrypted(err.to_string()))?
@@ -145,8 +147,12 @@ mod tests {
     fn round_trip_with_amount() {
         let (buyer, provider) = (Keys::generate(), Keys::generate());
         let (ev, req) = request(&buyer, &provider, None);
-        let amount = Amount { msats: 1_000, bolt11: Some("lnbcrt10n1xyz".into()) };
-        let res = JobResult::to_event(&provider, &ev, &req, "{\"ok\":true}", Some(&amount)).expect("result");
+        let amount = Amount {
+            msats: 1_000,
+            bolt11: Some("lnbcrt10n1xyz".into()),
+        };
+        let res = JobResult::to_event(&provider, &ev, &req, "{\"ok\":true}", Some(&amount))
+            .expect("result");
         assert_eq!(res.kind, Kind::Custom(6960));
         let parsed = JobResult::from_event(&res, None).expect("parse");
         assert_eq!(parsed.request_id, ev.id);
@@ -161,9 +167,17 @@ mod tests {
         let (buyer, provider) = (Keys::generate(), Keys::generate());
         let (ev, req) = request(&buyer, &provider, Some(Encryption::Nip44V2));
         let res = JobResult::to_event(&provider, &ev, &req, "the output", None).expect("result");
-        assert!(tags::values(&res, "i").is_none(), "inputs of an encrypted job never leak");
+        assert!(
+            tags::values(&res, "i").is_none(),
+            "inputs of an encrypted job never leak"
+        );
         assert!(!res.content.contains("the output"));
-        assert_eq!(JobResult::from_event(&res, Some(&buyer)).expect("parse").content, "the output");
+        assert_eq!(
+            JobResult::from_event(&res, Some(&buyer))
+                .expect("parse")
+                .content,
+            "the output"
+        );
         assert!(JobResult::from_event(&res, None).is_err());
     }
 
@@ -173,7 +187,10 @@ mod tests {
         let (ev, _) = request(&buyer, &provider, None);
         let (other, _) = request(&Keys::generate(), &provider, None);
         let mismatched = EventBuilder::new(Kind::Custom(6960), "x")
-            .tags([tags::custom("request", [other.as_json()]), Tag::event(ev.id)])
+            .tags([
+                tags::custom("request", [other.as_json()]),
+                Tag::event(ev.id),
+            ])
             .sign_with_keys(&provider)
             .expect("sign");
         assert!(matches!(
@@ -183,12 +200,20 @@ mod tests {
         let mut forged: serde_json::Value = serde_json::from_str(&ev.as_json()).expect("json");
         forged["content"] = "changed".into();
         let forged_ev = EventBuilder::new(Kind::Custom(6960), "x")
-            .tags([tags::custom("request", [forged.to_string()]), Tag::event(ev.id)])
+            .tags([
+                tags::custom("request", [forged.to_string()]),
+                Tag::event(ev.id),
+            ])
             .sign_with_keys(&provider)
             .expect("sign");
         assert!(JobResult::from_event(&forged_ev, None).is_err());
-        let no_e = EventBuilder::new(Kind::Custom(6960), "x").sign_with_keys(&provider).expect("sign");
-        assert_eq!(JobResult::from_event(&no_e, None), Err(ProtocolError::MissingTag("e")));
+        let no_e = EventBuilder::new(Kind::Custom(6960), "x")
+            .sign_with_keys(&provider)
+            .expect("sign");
+        assert_eq!(
+            JobResult::from_event(&no_e, None),
+            Err(ProtocolError::MissingTag("e"))
+        );
     }
 
     #[test]
@@ -196,7 +221,10 @@ mod tests {
         let provider = Keys::generate();
         let mk = |values: Vec<&str>| {
             EventBuilder::new(Kind::Custom(6050), "out")
-                .tags([Tag::event(EventId::all_zeros()), tags::custom("amount", values)])
+                .tags([
+                    Tag::event(EventId::all_zeros()),
+                    tags::custom("amount", values),
+                ])
                 .sign_with_keys(&provider)
                 .expect("sign")
         };
@@ -206,6 +234,12 @@ mod tests {
         ));
         assert!(JobResult::from_event(&mk(vec!["1000", "name@domain"]), None).is_err());
         let ok = JobResult::from_event(&mk(vec!["1000"]), None).expect("amount without invoice");
-        assert_eq!(ok.amount, Some(Amount { msats: 1000, bolt11: None }));
+        assert_eq!(
+            ok.amount,
+            Some(Amount {
+                msats: 1000,
+                bolt11: None
+            })
+        );
     }
 }

@@ -1,0 +1,228 @@
+//! Watching invoices settle and publishing receipts.
+//!
+//! Wallet notifications are the fast path; a slow poll of `lookup_invoice` catches any that were
+//! missed (a lagging channel, a wallet restart), and pending invoices survive a node restart
+//! because they are read back from `jobs.db`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nostr_sdk::EventId;
+use tokio::sync::watch;
+
+use super::{PaidSignal, Shared};
+use crate::protocol::failure::FailureCode;
+use crate::protocol::nip47::{TransactionState, PAYMENT_RECEIVED};
+use crate::protocol::receipt::Receipt;
+use crate::store::{now_ms, JobState, Role, Set, Stamp, StoreError};
+
+/// Most invoices looked up per poll tick, so a large backlog never floods the wallet.
+const LOOKUPS_PER_TICK: usize = 25;
+/// An invoice is polled only after waiting this long for a notification.
+const POLL_AFTER: Duration = Duration::from_secs(5);
+
+/// An invoice this node waits on.
+pub(crate) struct Pending {
+    job_id: String,
+    waiter: Option<PaidSignal>,
+    since: Instant,
+    last_poll: Option<Instant>,
+}
+
+/// Registers an invoice to watch; `waiter` is woken with the preimage (pay-first jobs).
+pub(super) fn expect(s: &Shared, payment_hash: &str, job_id: &str, waiter: Option<PaidSignal>) {
+    if let Ok(mut p) = s.pending.lock() {
+        p.insert(
+            payment_hash.to_string(),
+            Pending {
+                job_id: job_id.to_string(),
+                waiter,
+                since: Instant::now(),
+                last_poll: None,
+            },
+        );
+    }
+}
+
+/// Stops watching an invoice.
+pub(super) fn forget(s: &Shared, payment_hash: &str) {
+    if let Ok(mut p) = s.pending.lock() {
+        p.remove(payment_hash);
+    }
+}
+
+/// Picks up invoices left pending by a previous run. Pay-first jobs whose runner is gone are
+/// closed as failed: nothing will run them now.
+pub(super) fn resume(s: &Shared) -> Result<(), StoreError> {
+    let jobs = s.store.jobs().awaiting_payment()?;
+    for rec in jobs {
+        let Some(hash) = rec.payment_hash.clone() else {
+            continue;
+        };
+        if rec.state == Some(JobState::PaymentRequired) {
+            s.store.jobs().update(
+                &rec.job_id,
+                Role::Provider,
+                &[
+                    Set::Error(
+                        FailureCode::ProviderOffline,
+                        "the node restarted before the job ran".into(),
+                    ),
+                    Set::State(JobState::Failed),
+                ],
+            )?;
+            continue;
+        }
+        expect(s, &hash, &rec.job_id, None);
+    }
+    Ok(())
+}
+
+/// The settlement loop.
+pub(super) async fn watch(s: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
+    let mut notes = s.wallet.notifications();
+    let mut tick = tokio::time::interval(s.options.settlement_poll);
+    loop {
+        tokio::select! {
+            _ = stopped.changed() => break,
+            note = notes.recv() => match note {
+                Ok(n) if n.notification_type == PAYMENT_RECEIVED => {
+                    if let Some(preimage) = n.notification.preimage {
+                        paid(&s, &n.notification.payment_hash, preimage).await;
+                    }
+                }
+                Ok(_) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!("missed {n} wallet notifications; polling will catch up");
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                    // No notifications from this wallet: rely on polling alone.
+                    notes = tokio::sync::broadcast::channel(1).1;
+                }
+            },
+            _ = tick.tick() => poll(&s).await,
+        }
+    }
+}
+
+async fn poll(s: &Arc<Shared>) {
+    let due: Vec<String> = {
+        let Ok(mut pending) = s.pending.lock() else {
+            return;
+        };
+        let now = Instant::now();
+        let mut due: Vec<(&String, &mut Pending)> = pending
+            .iter_mut()
+            .filter(|(_, p)| {
+                now.duration_since(p.since) >= POLL_AFTER
+                    && p.last_poll
+                        .is_none_or(|t| now.duration_since(t) >= POLL_AFTER)
+            })
+            .collect();
+        due.sort_by_key(|(_, p)| p.last_poll);
+        due.into_iter()
+            .take(LOOKUPS_PER_TICK)
+            .map(|(hash, p)| {
+                p.last_poll = Some(now);
+                hash.clone()
+            })
+            .collect()
+    };
+    for hash in due {
+        match s.wallet.lookup_invoice(hash.clone()).await {
+            Ok(tx) if tx.state == Some(TransactionState::Settled) || tx.settled_at.is_some() => {
+                if let Some(preimage) = tx.preimage {
+                    paid(s, &hash, preimage).await;
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::debug!("lookup of {hash} failed: {e}"),
+        }
+    }
+}
+
+async fn paid(s: &Arc<Shared>, payment_hash: &str, preimage: String) {
+    let entry = s
+        .pending
+        .lock()
+        .ok()
+        .and_then(|mut p| p.remove(payment_hash));
+    let Some(entry) = entry else { return };
+    match entry.waiter {
+        Some(waiter) => {
+            // A pay-first job: it runs now and publishes its receipt after the result.
+            let _ = waiter.send(preimage);
+        }
+        None => receipt(s, &entry.job_id, &preimage).await,
+    }
+}
+
+/// Publishes the receipt of a paid job and records it.
+pub(super) async fn receipt(s: &Arc<Shared>, job_id: &str, preimage: &str) {
+    let rec = match s.store.jobs().get(job_id, Role::Provider) {
+        Ok(Some(r)) => r,
+        _ => return,
+    };
+    let ids = (
+        EventId::from_hex(&rec.job_id),
+        rec.result_id.as_deref().map(EventId::from_hex),
+        nostr_sdk::PublicKey::from_hex(&rec.buyer),
+    );
+    let (Ok(request_id), Some(Ok(result_id)), Ok(buyer)) = ids else {
+        tracing::error!(job = job_id, "cannot receipt a job without its ids");
+        return;
+    };
+    let (Some(amount), Some(bolt11), Some(hash)) = (
+        rec.amount_msat,
+        rec.bolt11.clone(),
+        rec.payment_hash.clone(),
+    ) else {
+        return;
+    };
+    let receipt = Receipt {
+        id: None,
+        provider: None,
+        request_id,
+        result_id,
+        buyer,
+        amount_msats: amount,
+        bolt11,
+        payment_hash: hash,
+        preimage: preimage.to_string(),
+        created_at: None,
+    };
+    if let Err(e) = receipt.verify() {
+        tracing::error!(job = job_id, "refusing to sign an invalid receipt: {e}");
+        return;
+    }
+    let paid_at = now_ms();
+    let _ = s.store.jobs().update(
+        job_id,
+        Role::Provider,
+        &[
+            Set::Preimage(preimage.to_string()),
+            Set::Time(Stamp::Paid, paid_at),
+            Set::State(JobState::Paid),
+        ],
+    );
+    let event = match receipt.to_event(&s.keys) {
+        Ok(e) => e,
+        Err(e) => return tracing::error!("cannot build receipt: {e}"),
+    };
+    if let Err(e) = s.relay.publish(&event).await {
+        tracing::warn!(job = job_id, "receipt not published yet: {e}");
+        // Stay pending so a later poll retries.
+        expect(s, &receipt.payment_hash, job_id, None);
+        return;
+    }
+    let _ = s.store.receipts().insert(&event);
+    let _ = s.store.jobs().update(
+        job_id,
+        Role::Provider,
+        &[
+            Set::Receipt(event.id.to_hex()),
+            Set::Time(Stamp::Receipt, now_ms()),
+            Set::State(JobState::Done),
+        ],
+    );
+}
