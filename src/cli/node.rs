@@ -51,6 +51,15 @@ pub(crate) struct UpArgs {
     /// Seconds an invoice stays payable
     #[arg(long, default_value_t = 600)]
     invoice_expiry: u64,
+    /// Jobs one buyer may send per minute
+    #[arg(long, default_value_t = 600)]
+    buyer_jobs_per_minute: u32,
+    /// Jobs of one buyer queued or running at once
+    #[arg(long, default_value_t = 64)]
+    buyer_max_concurrent: u32,
+    /// Keep serving buyers who let invoices of this node expire unpaid
+    #[arg(long)]
+    allow_unpaid: bool,
 }
 
 #[derive(Debug, Args)]
@@ -146,6 +155,9 @@ async fn up(ctx: &Context, args: UpArgs) -> anyhow::Result<ExitCode> {
         heartbeat_interval: Duration::from_secs(args.heartbeat_secs.max(1)),
         job_timeout: Duration::from_secs(args.job_timeout.max(1)),
         invoice_expiry_secs: args.invoice_expiry.max(10),
+        buyer_jobs_per_minute: args.buyer_jobs_per_minute.max(1),
+        buyer_max_concurrent: args.buyer_max_concurrent.max(1),
+        refuse_unpaid: !args.allow_unpaid,
         ..NodeOptions::default()
     };
     let node = Node::start(

@@ -74,7 +74,7 @@ impl Default for NodeOptions {
     fn default() -> Self {
         Self {
             name: "pylon".into(),
-            prices: crate::config::DEFAULT_PRICES.into_iter().collect(),
+            prices: [(crate::protocol::kinds::CODE_ANALYSIS, 1_000)].into(),
             max_concurrent: 4,
             payment: PaymentMode::After,
             heartbeat_interval: Duration::from_secs(10),

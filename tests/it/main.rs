@@ -2,6 +2,7 @@
 
 mod cli_identity;
 mod common;
+mod executor;
 mod external_relay;
 mod fallback;
 mod hub_process;

@@ -646,7 +646,17 @@ async fn providers_are_discoverable_by_kind_and_heartbeat() {
 fn bench_loop_prints_its_figures_as_json() {
     let dir = tempfile::tempdir().expect("tempdir");
     let out = pylon(dir.path())
-        .args(["bench", "loop", "--jobs", "20", "--providers", "2", "--sequential", "3", "--json"])
+        .args([
+            "bench",
+            "loop",
+            "--jobs",
+            "20",
+            "--providers",
+            "2",
+            "--sequential",
+            "3",
+            "--json",
+        ])
         .output()
         .expect("spawn");
     assert!(out.status.success(), "{}", stderr(&out));
@@ -656,5 +666,134 @@ fn bench_loop_prints_its_figures_as_json() {
     assert_eq!(r["sequential_end_to_end_ms"]["samples"], 3);
     assert!(r["paid_jobs_per_sec"].as_f64().expect("rate") > 0.0);
     assert!(r["target_jobs_per_sec"].as_f64().expect("target") > 0.0);
-    assert!(r["sequential_stages"]["payment_ms"]["samples"].as_u64().expect("n") > 0);
+    assert!(
+        r["sequential_stages"]["payment_ms"]["samples"]
+            .as_u64()
+            .expect("n")
+            > 0
+    );
+}
+
+/// An in-process provider node on the market (the same `Node` that `pylon node up` runs).
+async fn in_process_node(
+    m: &Market,
+    options: pylon::provider::NodeOptions,
+) -> (pylon::provider::Node, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let keys = Keys::generate();
+    let relay = MarketClient::connect(
+        keys.clone(),
+        &[m.relay.url()],
+        Duration::from_secs(5),
+        Reachability::OneShot,
+    )
+    .await
+    .expect("relay");
+    let wallet: Arc<dyn Wallet> = Arc::new(m.wallet().await);
+    let store = Arc::new(Store::open(dir.path()).expect("store"));
+    let node = pylon::provider::Node::start(
+        keys,
+        Arc::new(relay),
+        wallet,
+        store,
+        pylon::executors::Registry::builtin(),
+        options,
+    )
+    .await
+    .expect("node");
+    (node, dir)
+}
+
+#[tokio::test]
+async fn a_buyer_with_expired_unpaid_invoices_is_refused() {
+    let m = Market::start().await;
+    let (node, _dir) = in_process_node(
+        &m,
+        pylon::provider::NodeOptions {
+            invoice_expiry_secs: 1,
+            ..Default::default()
+        },
+    )
+    .await;
+    let provider = node.public_key();
+    let (b, _bdir) = buyer(&m, 100).await;
+    // Take a result without paying for it.
+    let o = b
+        .run(
+            &code_job("a.rs", "fn a() {}\n".into(), provider, 5_000),
+            wait(false, None),
+        )
+        .await
+        .expect("run");
+    assert_eq!(o.status, JobState::Result);
+    // Once its invoice has expired (a clock condition), the provider refuses new work.
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    let o = b
+        .run(
+            &code_job("b.rs", "fn b() {}\n".into(), provider, 5_000),
+            wait(true, None),
+        )
+        .await
+        .expect("run");
+    assert_eq!(o.status, JobState::Failed);
+    assert_eq!(o.failure, Some(FailureCode::UnpaidInvoices), "{o:?}");
+    node.stop().await;
+}
+
+#[test]
+fn pay_later_by_job_id_and_the_receipt_follows() {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let m = rt.block_on(Market::start());
+    let root = tempfile::tempdir().expect("tempdir");
+    let url = m.relay.url().to_string();
+    let provider = Home::new(root.path().join("provider"));
+    let _node = start_node_process(&provider.path, &[&url], &[]);
+    let buyer = Home::new(root.path().join("buyer"));
+    let run = |args: &[&str]| {
+        pylon(&buyer.path)
+            .args(["--relay", &url])
+            .args(args)
+            .env("PYLON_PASSPHRASE", PASS)
+            .output()
+            .expect("spawn")
+    };
+    assert!(run(&["wallet", "faucet", "100"]).status.success());
+    let out = run(&[
+        "job",
+        "submit",
+        "code-analysis",
+        "--input",
+        "fn later() {}",
+        "--param",
+        "path=later.rs",
+        "--bid",
+        "2",
+        "--wait",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let o: Value = serde_json::from_str(&stdout(&out)).expect("json");
+    assert_eq!(o["status"], "result", "not paid yet");
+    let job_id = o["job_id"].as_str().expect("id").to_string();
+    // Too low a cap: refused, nothing paid.
+    let out = run(&["pay", "--job-id", &job_id, "--max-sats", "0"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("above the limit"), "{}", stderr(&out));
+    let out = run(&["pay", "--job-id", &job_id[..12], "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let paid: Value = serde_json::from_str(&stdout(&out)).expect("json");
+    assert_eq!(paid["amount_msat"], 1000);
+    // The provider notices the payment and publishes the receipt: the trace verifies.
+    let mut verified = false;
+    for _ in 0..50 {
+        let out = run(&["job", "trace", &job_id, "--json"]);
+        let t: Value = serde_json::from_str(&stdout(&out)).expect("json");
+        if t["verified"] == true {
+            verified = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(verified, "the receipt arrived and the chain verifies");
+    drop(m);
 }
