@@ -13,10 +13,12 @@ apt_install() {
 }
 
 # System tools the tests use. `setsid` (util-linux) runs the CLI without a terminal;
-# protoc builds nostr-rs-relay.
+# protoc builds nostr-rs-relay; Chromium and its WebDriver drive the dashboard's browser test.
 missing=()
 need setsid || missing+=(util-linux)
 need protoc || missing+=(protobuf-compiler)
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+need chromedriver || missing+=(chromium-driver)
 if [ ${#missing[@]} -gt 0 ]; then apt_install "${missing[@]}"; fi
 
 # nostr-rs-relay 0.8.12, the external relay the wallet tests run through (it never sends OK for

@@ -23,5 +23,7 @@ pub mod provenance;
 pub mod provider;
 pub mod ratelimit;
 pub mod relay;
+pub mod stats;
 pub mod store;
 pub mod wallet;
+pub mod web;

@@ -16,9 +16,11 @@ const KEEP_FILES: usize = 7;
 /// `verbosity` is the count of `-v` minus the count of `-q`.
 pub fn init(verbosity: i8, logs_dir: Option<&Path>) -> Option<WorkerGuard> {
     let from_env = std::env::var("RUST_LOG").ok().filter(|v| !v.is_empty());
+    // At the default level the relay libraries' own chatter (peers hanging up, expired events
+    // refused) stays out of the way: what matters is reported by Pylon itself. `-v` shows it.
     let stderr_level = match verbosity {
         i8::MIN..=-1 => "error",
-        0 => "warn",
+        0 => "warn,nostr_relay_pool=off,nostr_relay_builder=off,nostr_sdk=off",
         1 => "info",
         2 => "debug",
         _ => "trace",

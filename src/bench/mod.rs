@@ -3,6 +3,7 @@
 
 pub mod market;
 pub mod relay;
+pub mod stats;
 pub mod wallet;
 
 use std::time::Duration;

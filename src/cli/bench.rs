@@ -13,6 +13,21 @@ pub(crate) enum BenchCommand {
     Wallet(WalletArgs),
     /// The paid job loop (request → result → payment → receipt) with in-process providers, vs the raw relay
     Loop(LoopArgs),
+    /// Stats collector: events/s folded and memory for a busy day, vs parsing the same events
+    Stats(StatsArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct StatsArgs {
+    /// Providers simulated
+    #[arg(long, default_value_t = 1000)]
+    providers: usize,
+    /// Jobs in the window
+    #[arg(long, default_value_t = 100_000)]
+    jobs: usize,
+    /// Print JSON
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -52,6 +67,25 @@ pub(crate) struct WalletArgs {
 
 pub(crate) async fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
     match cmd {
+        BenchCommand::Stats(args) => {
+            let r = tokio::task::spawn_blocking(move || {
+                crate::bench::stats::run(args.providers, args.jobs, |l| eprintln!("bench: {l}"))
+            })
+            .await?;
+            if args.json {
+                output::print_json(&r)?;
+            } else {
+                println!(
+                    "{} events ({} providers, {} jobs): folded at {:.0} events/s; parsing alone {:.0} events/s ({:.2}x)",
+                    r.events, r.providers, r.jobs, r.ingest_events_per_sec, r.parse_events_per_sec, r.ingest_cost_over_parse
+                );
+                println!(
+                    "snapshot of the full window: {:.1} ms; memory: {:.1} MiB",
+                    r.snapshot_ms, r.collector_mib
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         BenchCommand::Loop(args) => {
             let options = crate::bench::market::LoopOptions {
                 jobs: args.jobs.max(1),

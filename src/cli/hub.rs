@@ -130,6 +130,6 @@ async fn serve(ctx: &Context) -> anyhow::Result<ExitCode> {
     if let Ok(client) = Arc::try_unwrap(client) {
         client.shutdown().await;
     }
-    println!("hub stopped");
+    super::output::say("hub stopped");
     Ok(ExitCode::SUCCESS)
 }

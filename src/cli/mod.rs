@@ -12,6 +12,7 @@ mod node;
 mod output;
 mod prompt;
 mod relay;
+mod stats;
 mod wallet;
 
 use std::path::PathBuf;
@@ -89,6 +90,10 @@ enum Command {
     Pay(job::PayArgs),
     /// List payment receipts from the local store
     Receipts(job::ReceiptsArgs),
+    /// Market statistics: a live terminal dashboard, or one snapshot with --json
+    Stats(stats::StatsArgs),
+    /// Serve the live web dashboard, JSON API and Prometheus metrics
+    Web(stats::WebArgs),
     /// Check identity, config, relays and the data directory
     Doctor(doctor::DoctorArgs),
     /// Query raw events from the relays (an auditor's view of the market)
@@ -172,6 +177,8 @@ async fn run(command: Command, ctx: Context) -> anyhow::Result<ExitCode> {
         Command::Job(cmd) => job::run(&ctx, cmd).await,
         Command::Pay(args) => job::pay(&ctx, args).await,
         Command::Receipts(args) => job::receipts(&ctx, args),
+        Command::Stats(args) => stats::stats(&ctx, args).await,
+        Command::Web(args) => stats::web(&ctx, args).await,
         Command::Doctor(args) => doctor::run(&ctx, args).await,
         Command::Events(args) => events::run(&ctx, args).await,
         Command::Bench(cmd) => bench::run(cmd).await,

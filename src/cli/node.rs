@@ -200,7 +200,7 @@ async fn up(ctx: &Context, args: UpArgs) -> anyhow::Result<ExitCode> {
     eprintln!("stopping: finishing running jobs…");
     node.stop().await;
     let _ = std::fs::remove_file(&status_file);
-    println!("node stopped");
+    super::output::say("node stopped");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -274,7 +274,7 @@ async fn down(ctx: &Context, args: DownArgs) -> anyhow::Result<ExitCode> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    println!("node stopped");
+    super::output::say("node stopped");
     Ok(ExitCode::SUCCESS)
 }
 

@@ -16,3 +16,10 @@ pub(crate) fn print_json<T: Serialize + ?Sized>(value: &T) -> anyhow::Result<()>
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }
+
+/// Prints a status line, ignoring a closed stdout: a long-running command whose reader went away
+/// must still shut down cleanly.
+pub(crate) fn say(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout(), "{line}");
+}

@@ -37,6 +37,6 @@ pub(crate) async fn run(ctx: &Context, args: RelayArgs) -> anyhow::Result<ExitCo
     println!("Ctrl-C stops it; stored events survive restarts.");
     shutdown_signal().await?;
     relay.shutdown().await;
-    println!("relay stopped");
+    super::output::say("relay stopped");
     Ok(ExitCode::SUCCESS)
 }

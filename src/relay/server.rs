@@ -18,7 +18,8 @@ use hyper_util::rt::TokioIo;
 use nostr_lmdb::NostrLMDB;
 use nostr_relay_builder::builder::RateLimit;
 use nostr_relay_builder::{LocalRelay, RelayBuilder};
-use nostr_sdk::RelayUrl;
+use nostr_sdk::prelude::NostrDatabase;
+use nostr_sdk::{Filter, RelayUrl, Timestamp};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -47,6 +48,7 @@ pub struct EmbeddedRelay {
     local: LocalRelay,
     stop: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<()>>,
+    sweeper: JoinHandle<()>,
 }
 
 #[derive(Clone)]
@@ -71,6 +73,8 @@ impl EmbeddedRelay {
             .map_err(|e| RelayError::Store(data_dir.to_path_buf(), e.to_string()))?
             .map_err(|e| RelayError::Store(data_dir.to_path_buf(), e.to_string()))?;
 
+        let store: Arc<dyn NostrDatabase> = Arc::new(store);
+        let sweeper = tokio::spawn(sweep_expired(store.clone()));
         let builder = RelayBuilder::default()
             .database(store)
             // Our MarketPolicy does the rate limiting; see policy.rs for why.
@@ -114,6 +118,7 @@ impl EmbeddedRelay {
             local,
             stop: Some(stop),
             server: Some(server),
+            sweeper,
         })
     }
 
@@ -146,6 +151,7 @@ impl EmbeddedRelay {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
+        self.sweeper.abort();
         self.local.shutdown();
     }
 }
@@ -153,6 +159,35 @@ impl EmbeddedRelay {
 impl Drop for EmbeddedRelay {
     fn drop(&mut self) {
         self.stop_now();
+    }
+}
+
+/// How often expired heartbeats are removed from the store.
+const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// NIP-40 for the events that carry an expiration here: the LMDB store keeps everything, so
+/// heartbeats of nodes that went away are deleted once expired, and "online" stays truthful.
+async fn sweep_expired(store: Arc<dyn NostrDatabase>) {
+    let mut tick = tokio::time::interval(SWEEP_EVERY);
+    loop {
+        tick.tick().await;
+        let now = Timestamp::now();
+        let Ok(beats) = store
+            .query(Filter::new().kind(crate::protocol::kinds::HEARTBEAT))
+            .await
+        else {
+            continue;
+        };
+        let expired: Vec<_> = beats
+            .iter()
+            .filter(|e| crate::protocol::nip47::expiration(e).is_some_and(|at| at <= now))
+            .map(|e| e.id)
+            .collect();
+        if !expired.is_empty() {
+            if let Err(e) = store.delete(Filter::new().ids(expired)).await {
+                tracing::warn!("cannot sweep expired heartbeats: {e}");
+            }
+        }
     }
 }
 

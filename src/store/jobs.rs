@@ -456,6 +456,30 @@ impl Jobs {
     }
 }
 
+/// This home's own money, for the stats dashboard.
+impl Jobs {
+    /// Msats earned (receipted, as provider) and spent (paid, as buyer), and job counts.
+    pub fn personal(&self) -> Result<crate::stats::model::Personal, StoreError> {
+        Ok(self.conn.query_row(
+            "SELECT
+                COALESCE(SUM(amount_msat) FILTER (WHERE role = 'provider' AND state = 'done' AND preimage IS NOT NULL), 0),
+                COALESCE(SUM(amount_msat) FILTER (WHERE role = 'buyer' AND preimage IS NOT NULL), 0),
+                COUNT(*) FILTER (WHERE role = 'provider' AND result_id IS NOT NULL),
+                COUNT(*) FILTER (WHERE role = 'buyer')
+             FROM jobs",
+            [],
+            |r| {
+                Ok(crate::stats::model::Personal {
+                    earned_msat: r.get::<_, i64>(0)? as u64,
+                    spent_msat: r.get::<_, i64>(1)? as u64,
+                    jobs_sold: r.get::<_, i64>(2)? as u64,
+                    jobs_bought: r.get::<_, i64>(3)? as u64,
+                })
+            },
+        )?)
+    }
+}
+
 /// What `node status` reports from the store.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, Default)]
 pub struct ProviderTotals {

@@ -2,6 +2,7 @@
 
 mod cli_identity;
 mod common;
+mod dashboard;
 mod executor;
 mod external_relay;
 mod fallback;
