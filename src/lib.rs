@@ -7,6 +7,7 @@
 //! - [`doctor`] — environment checks;
 //! - [`logging`] — tracing setup.
 
+pub mod appliance;
 pub mod bench;
 pub mod bolt11;
 pub mod buyer;
@@ -14,6 +15,7 @@ pub mod cli;
 pub mod config;
 pub mod doctor;
 pub mod executors;
+pub mod fanout;
 pub mod home;
 pub mod hub;
 pub mod identity;

@@ -6,22 +6,17 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use nostr_sdk::nips::nip47::NostrWalletConnectURI;
-use nostr_sdk::{Keys, PublicKey, RelayUrl};
+use nostr_sdk::{Keys, PublicKey};
 use serde::Serialize;
 
 use super::relay::{bench_relay_settings, measure, RelayBaseline};
-use super::wallet::{tempfile_dir, BenchError};
+use super::wallet::BenchError;
 use super::{round3, Latency};
-use crate::buyer::{Buyer, Outcome, WaitOptions};
-use crate::executors::Registry;
-use crate::hub::{self, FaucetLimits, HubSettings, Ledger, Service};
-use crate::protocol::nip47::MakeInvoiceParams;
+use crate::appliance::{open_hub_settings, Appliance};
+use crate::buyer::{Outcome, WaitOptions};
 use crate::protocol::nip90::{JobInput, NewJob};
-use crate::provider::{Node, NodeOptions};
-use crate::relay::{EmbeddedRelay, MarketClient, Reachability};
+use crate::provider::NodeOptions;
 use crate::store::{JobState, Role, Store};
-use crate::wallet::{NwcWallet, Wallet};
 
 /// What to measure.
 #[derive(Debug, Clone, Copy)]
@@ -87,92 +82,23 @@ pub struct LoopBench {
 /// Runs the benchmark; `progress` gets one line per phase.
 pub async fn run(options: LoopOptions, progress: impl Fn(&str)) -> Result<LoopBench, BenchError> {
     let err = |e: &dyn std::fmt::Display| BenchError(e.to_string());
-    let dir = tempfile_dir()?;
-    let relay = EmbeddedRelay::start(&bench_relay_settings(), &dir.join("relay"))
+    let mut market = Appliance::start(&bench_relay_settings(), None, None, open_hub_settings())
         .await
         .map_err(|e| err(&e))?;
-    let url = relay.url();
+    let url = market.url.clone();
     progress("measuring the raw relay (round trip, event rate)");
     let baseline = measure(&url, 200, 5000).await.map_err(|e| err(&e))?;
 
-    progress("starting the hub");
-    let hub_keys = Keys::generate();
-    let settings = HubSettings {
-        faucet: FaucetLimits {
-            max_msat_per_request: u64::MAX / 4,
-            max_msat_per_day: u64::MAX / 4,
-            max_requests_per_minute: u32::MAX,
-        },
-        requests_per_second: 1_000_000,
-        request_burst: 1_000_000,
-        ..HubSettings::default()
-    };
-    let service = Service::new(
-        hub_keys.clone(),
-        bitcoin::secp256k1::SecretKey::new(&mut rand::thread_rng()),
-        Ledger::open(&dir.join("ledger.db")).map_err(|e| err(&e))?,
-        settings,
-    );
-    let hub_relay = connect(&hub_keys, &url).await?;
-    let running_hub = hub::start(service, Arc::new(hub_relay))
-        .await
-        .map_err(|e| err(&e))?;
-
     progress(&format!("starting {} provider nodes", options.providers));
-    let mut nodes = Vec::new();
-    let mut providers: Vec<PublicKey> = Vec::new();
-    for i in 0..options.providers.max(1) {
-        let keys = Keys::generate();
-        let wallet = wallet_for(&hub_keys.public_key(), &url).await?;
-        let store = Arc::new(Store::open(&dir.join(format!("node{i}"))).map_err(|e| err(&e))?);
-        let node = Node::start(
-            keys.clone(),
-            Arc::new(connect(&keys, &url).await?),
-            Arc::new(wallet),
-            store,
-            Registry::builtin(),
-            NodeOptions {
-                prices: [(crate::protocol::kinds::CODE_ANALYSIS, 1_000)].into(),
-                max_concurrent: 8,
-                buyer_jobs_per_minute: 1_000_000,
-                buyer_max_concurrent: 1_000_000,
-                settlement_poll: Duration::from_secs(1),
-                ..NodeOptions::default()
-            },
-        )
+    let providers = market
+        .add_providers(options.providers.max(1), &bench_node_options())
         .await
         .map_err(|e| err(&e))?;
-        providers.push(keys.public_key());
-        nodes.push(node);
-    }
-
     progress("funding the buyer");
-    let buyer_keys = Keys::generate();
-    let buyer_wallet = wallet_for(&hub_keys.public_key(), &url).await?;
-    let grant = buyer_wallet
-        .make_invoice(MakeInvoiceParams {
-            amount: 1_000_000_000,
-            description: Some("bench".into()),
-            description_hash: None,
-            expiry: None,
-        })
+    let (buyer, buyer_store) = market
+        .funded_buyer(&Keys::generate(), 1_000_000_000)
         .await
         .map_err(|e| err(&e))?;
-    buyer_wallet
-        .faucet(grant.invoice.unwrap_or_default())
-        .await
-        .map_err(|e| err(&e))?;
-    let buyer_store = Arc::new(Store::open(&dir.join("buyer")).map_err(|e| err(&e))?);
-    let buyer = Arc::new(
-        Buyer::start(
-            buyer_keys.clone(),
-            Arc::new(connect(&buyer_keys, &url).await?),
-            Some(Arc::new(buyer_wallet)),
-            buyer_store.clone(),
-        )
-        .await
-        .map_err(|e| err(&e))?,
-    );
     let wait = WaitOptions {
         timeout: Duration::from_secs(60),
         auto_pay: true,
@@ -225,21 +151,10 @@ pub async fn run(options: LoopOptions, progress: impl Fn(&str)) -> Result<LoopBe
     }
     let wall = started.elapsed().as_secs_f64();
 
-    let audit_ok = {
-        let ledger = running_hub.service().ledger();
-        let guard = ledger
-            .lock()
-            .map_err(|_| BenchError("ledger lock".into()))?;
-        guard.audit().map_err(|e| err(&e))?.ok
-    };
+    let audit_ok = market.audit().map(|a| a.ok).unwrap_or(false);
     progress("stopping");
-    for n in nodes {
-        n.stop().await;
-    }
     drop(buyer);
-    running_hub.stop().await;
-    relay.shutdown().await;
-    let _ = std::fs::remove_dir_all(&dir);
+    market.stop().await;
 
     let sequential_ms = Latency::of(&sequential);
     let paid_jobs_per_sec = round3(options.jobs as f64 / wall.max(1e-9));
@@ -308,25 +223,14 @@ fn stages(store: &Store, ids: &[String]) -> Stages {
     }
 }
 
-async fn connect(keys: &Keys, url: &RelayUrl) -> Result<MarketClient, BenchError> {
-    MarketClient::connect(
-        keys.clone(),
-        std::slice::from_ref(url),
-        Duration::from_secs(5),
-        Reachability::OneShot,
-    )
-    .await
-    .map_err(|e| BenchError(e.to_string()))
-}
-
-async fn wallet_for(hub: &PublicKey, url: &RelayUrl) -> Result<NwcWallet, BenchError> {
-    let uri = NostrWalletConnectURI::new(
-        *hub,
-        vec![url.clone()],
-        Keys::generate().secret_key().clone(),
-        None,
-    );
-    NwcWallet::connect(&uri, Default::default())
-        .await
-        .map_err(|e| BenchError(e.to_string()))
+/// Node options for benchmarks: the per-buyer limits out of the way (one buyer is the load).
+pub(crate) fn bench_node_options() -> NodeOptions {
+    NodeOptions {
+        prices: [(crate::protocol::kinds::CODE_ANALYSIS, 1_000)].into(),
+        max_concurrent: 8,
+        buyer_jobs_per_minute: 1_000_000,
+        buyer_max_concurrent: 1_000_000,
+        settlement_poll: Duration::from_secs(1),
+        ..NodeOptions::default()
+    }
 }

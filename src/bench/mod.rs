@@ -3,6 +3,7 @@
 
 pub mod market;
 pub mod relay;
+pub mod repomap;
 pub mod stats;
 pub mod wallet;
 

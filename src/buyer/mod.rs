@@ -83,6 +83,8 @@ pub struct Outcome {
     pub result_id: Option<String>,
     /// The output.
     pub result: Option<String>,
+    /// What the result asked for (present even when not paid).
+    pub amount: Option<crate::protocol::nip90::Amount>,
     /// What was paid.
     pub payment: Option<Payment>,
     /// The receipt event id.
@@ -97,6 +99,20 @@ pub struct Outcome {
 const CATCH_UP: Duration = Duration::from_secs(3);
 
 type Routes = Arc<Mutex<HashMap<EventId, mpsc::UnboundedSender<Event>>>>;
+
+/// Removes a job's route when its follower ends, including when the follower is dropped.
+struct RouteGuard {
+    routes: Routes,
+    id: EventId,
+}
+
+impl Drop for RouteGuard {
+    fn drop(&mut self) {
+        if let Ok(mut r) = self.routes.lock() {
+            r.remove(&self.id);
+        }
+    }
+}
 
 /// A buyer bound to one identity, relay connection, wallet and store.
 pub struct Buyer {
@@ -163,16 +179,34 @@ impl Buyer {
     pub async fn run(&self, job: &NewJob, options: WaitOptions) -> Result<Outcome, BuyerError> {
         let event = job.to_event(&self.keys)?;
         self.record(&event)?;
-        // Route before publishing: a fast provider answers within milliseconds.
+        // Route before publishing: a fast provider answers within milliseconds. The guard
+        // unroutes the job however this future ends (a coordinator drops losing duplicates).
         let (tx, rx) = mpsc::unbounded_channel();
         self.lock_routes().insert(event.id, tx);
-        let published = self.relay.publish(&event).await;
-        let outcome = match published {
-            Ok(_) => self.follow(&event, rx, options).await,
-            Err(e) => Err(e.into()),
+        let _route = RouteGuard {
+            routes: self.routes.clone(),
+            id: event.id,
         };
-        self.lock_routes().remove(&event.id);
-        outcome
+        self.relay.publish(&event).await?;
+        self.follow(&event, rx, options).await
+    }
+
+    /// Pays the amount a result of job `job_id` asked for, after checking the invoice against the
+    /// stored request (its bid) and `max_msats`.
+    pub async fn pay_amount(
+        &self,
+        job_id: &EventId,
+        amount: &crate::protocol::nip90::Amount,
+        max_msats: Option<u64>,
+    ) -> Result<Payment, BuyerError> {
+        let json = self
+            .store
+            .jobs()
+            .request_json(&job_id.to_hex(), Role::Buyer)?
+            .ok_or_else(|| BuyerError::Other(format!("no job {job_id} from this buyer")))?;
+        let event = Event::from_json(&json).map_err(|e| BuyerError::Other(e.to_string()))?;
+        let request = JobRequest::from_event(&event, None)?;
+        self.pay(&request, amount, max_msats).await
     }
 
     fn record(&self, event: &Event) -> Result<(), BuyerError> {
@@ -227,6 +261,7 @@ impl Buyer {
             provider: None,
             result_id: None,
             result: None,
+            amount: None,
             payment: None,
             receipt_id: None,
             failure: None,
@@ -343,6 +378,7 @@ impl Buyer {
                 out.provider = Some(parsed.provider.to_hex());
                 out.result_id = Some(parsed.id.to_hex());
                 out.result = Some(parsed.content.clone());
+                out.amount = parsed.amount.clone();
                 out.status = JobState::Result;
                 let digest =
                     bitcoin::hashes::sha256::Hash::hash(parsed.content.as_bytes()).to_string();

@@ -15,6 +15,21 @@ pub(crate) enum BenchCommand {
     Loop(LoopArgs),
     /// Stats collector: events/s folded and memory for a busy day, vs parsing the same events
     Stats(StatsArgs),
+    /// Repo map of a generated 200-file repository through 1, 10, 30 providers, vs --local
+    Repomap(RepomapArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RepomapArgs {
+    /// Files in the generated repository
+    #[arg(long, default_value_t = 200)]
+    files: usize,
+    /// Provider counts to run (comma-separated)
+    #[arg(long, value_delimiter = ',', default_values_t = vec![1, 10, 30])]
+    providers: Vec<usize>,
+    /// Print JSON
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -67,6 +82,44 @@ pub(crate) struct WalletArgs {
 
 pub(crate) async fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
     match cmd {
+        BenchCommand::Repomap(args) => {
+            let r = crate::bench::repomap::run(args.files.max(1), &args.providers, |l| {
+                eprintln!("bench: {l}")
+            })
+            .await?;
+            if args.json {
+                output::print_json(&r)?;
+            } else {
+                println!(
+                    "{} files; local analyzer: {:.3} s",
+                    r.files, r.local_wall_secs
+                );
+                for run in &r.runs {
+                    println!(
+                        "{:>3} providers: {:.2} s ({:.1}x local), per file p50 {:.1} ms p95 {:.1} ms, {} sats, {} mapped, {} failed",
+                        run.providers,
+                        run.wall_secs,
+                        run.overhead_ratio,
+                        run.per_file_ms.p50,
+                        run.per_file_ms.p95,
+                        run.sats_spent,
+                        run.mapped,
+                        run.failed
+                    );
+                }
+                if let Some(q) = &r.quality {
+                    println!(
+                        "vs universal-ctags: recall {:.3}, precision {:.3}",
+                        q.overall.recall, q.overall.precision
+                    );
+                }
+            }
+            Ok(if r.runs.iter().all(|x| x.failed == 0) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
         BenchCommand::Stats(args) => {
             let r = tokio::task::spawn_blocking(move || {
                 crate::bench::stats::run(args.providers, args.jobs, |l| eprintln!("bench: {l}"))

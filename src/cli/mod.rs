@@ -12,6 +12,7 @@ mod node;
 mod output;
 mod prompt;
 mod relay;
+mod repomap;
 mod stats;
 mod wallet;
 
@@ -90,6 +91,8 @@ enum Command {
     Pay(job::PayArgs),
     /// List payment receipts from the local store
     Receipts(job::ReceiptsArgs),
+    /// Map a repository through the market: one paid microjob per file, folded into a repo map
+    Repomap(repomap::RepomapArgs),
     /// Market statistics: a live terminal dashboard, or one snapshot with --json
     Stats(stats::StatsArgs),
     /// Serve the live web dashboard, JSON API and Prometheus metrics
@@ -177,6 +180,7 @@ async fn run(command: Command, ctx: Context) -> anyhow::Result<ExitCode> {
         Command::Job(cmd) => job::run(&ctx, cmd).await,
         Command::Pay(args) => job::pay(&ctx, args).await,
         Command::Receipts(args) => job::receipts(&ctx, args),
+        Command::Repomap(args) => repomap::run(&ctx, args).await,
         Command::Stats(args) => stats::stats(&ctx, args).await,
         Command::Web(args) => stats::web(&ctx, args).await,
         Command::Doctor(args) => doctor::run(&ctx, args).await,

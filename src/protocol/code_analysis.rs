@@ -34,7 +34,7 @@ pub struct Analysis {
 pub struct Definition {
     /// Its name.
     pub name: String,
-    /// `function`, `method`, `class`, `struct`, `enum`, `trait`, `interface`, `type`,
+    /// `function`, `method`, `class`, `struct`, `union`, `enum`, `trait`, `interface`, `type`,
     /// `constant`, `variable`, `module` or `macro`.
     pub kind: String,
     /// 1-based line of the name.

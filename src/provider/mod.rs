@@ -187,10 +187,17 @@ impl Shared {
         }
     }
 
-    async fn heartbeat(&self) {
+    /// Publishes a heartbeat. The first one waits for the relay's `OK`, so a node is
+    /// discoverable as online once `start` returns; later ones are fire-and-forget.
+    async fn heartbeat(&self, confirm: bool) {
         match Heartbeat::to_event(&self.keys, &self.heartbeat_info(), &self.executors.kinds()) {
             Ok(ev) => {
-                if let Err(e) = self.relay.publish_nowait(&ev).await {
+                let sent = if confirm {
+                    self.relay.publish(&ev).await
+                } else {
+                    self.relay.publish_nowait(&ev).await
+                };
+                if let Err(e) = sent {
                     tracing::warn!("heartbeat not published: {e}");
                 }
             }
@@ -265,7 +272,7 @@ impl Node {
             .subscribe(Filter::new().kinds(kinds).since(Timestamp::now()), None)
             .await
             .map_err(crate::relay::client::ClientError::from)?;
-        shared.heartbeat().await;
+        shared.heartbeat(true).await;
 
         let (stop, stopped) = watch::channel(false);
         let tasks = vec![
@@ -322,12 +329,22 @@ impl Node {
         }
     }
 
+    /// Stops abruptly, as a crash would: no draining, no farewell heartbeat, the relay connection
+    /// cut. For churn tests and demos.
+    pub async fn kill(self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        self.shared.draining.store(true, Ordering::SeqCst);
+        self.shared.relay.sdk().disconnect().await;
+    }
+
     /// Graceful stop: stop taking jobs, let running ones finish (up to the drain timeout), release
     /// queued ones with `error: shutting-down`, publish a short-lived heartbeat, and return.
     pub async fn stop(self) {
         let s = self.shared.clone();
         s.draining.store(true, Ordering::SeqCst);
-        s.heartbeat().await;
+        s.heartbeat(true).await;
         let deadline = Instant::now() + s.options.drain_timeout;
         while (s.running.load(Ordering::SeqCst) > 0 || s.queued.load(Ordering::SeqCst) > 0)
             && Instant::now() < deadline
@@ -407,7 +424,7 @@ async fn heartbeats(s: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
     loop {
         tokio::select! {
             _ = stopped.changed() => break,
-            _ = tick.tick() => s.heartbeat().await,
+            _ = tick.tick() => s.heartbeat(false).await,
         }
     }
 }

@@ -9,5 +9,7 @@ mod fallback;
 mod hub_process;
 mod hub_wallet;
 mod market;
+mod quality;
 mod relay_process;
 mod relay_protocol;
+mod repomap;

@@ -2,7 +2,7 @@
 (function_item name: (identifier) @name) @def.function
 (function_signature_item name: (identifier) @name) @def.function
 (struct_item name: (type_identifier) @name) @def.struct
-(union_item name: (type_identifier) @name) @def.struct
+(union_item name: (type_identifier) @name) @def.union
 (enum_item name: (type_identifier) @name) @def.enum
 (trait_item name: (type_identifier) @name) @def.trait
 (type_item name: (type_identifier) @name) @def.type

@@ -1,0 +1,219 @@
+//! The appliance: a whole market in one process — embedded relay, regtest hub with faucet, and
+//! any number of provider nodes, each with its own identity and wallet. `pylon up`, `pylon swarm`,
+//! `pylon demo` and the benchmarks are built on it.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use nostr_sdk::nips::nip47::NostrWalletConnectURI;
+use nostr_sdk::{Keys, PublicKey, RelayUrl};
+
+use crate::buyer::Buyer;
+use crate::executors::Registry;
+use crate::hub::{self, FaucetLimits, HubSettings, Ledger, RunningHub, Service};
+use crate::protocol::nip47::MakeInvoiceParams;
+use crate::provider::{Node, NodeOptions};
+use crate::relay::{EmbeddedRelay, MarketClient, Reachability, RelaySettings};
+use crate::store::Store;
+use crate::wallet::{NwcWallet, Wallet};
+
+/// Errors building the appliance.
+#[derive(Debug, thiserror::Error)]
+#[error("appliance: {0}")]
+pub struct ApplianceError(pub String);
+
+fn err(e: impl std::fmt::Display) -> ApplianceError {
+    ApplianceError(e.to_string())
+}
+
+/// Hub limits for a self-contained market: the faucet and rate limits out of the way.
+pub fn open_hub_settings() -> HubSettings {
+    HubSettings {
+        faucet: FaucetLimits {
+            max_msat_per_request: u64::MAX / 4,
+            max_msat_per_day: u64::MAX / 4,
+            max_requests_per_minute: u32::MAX,
+        },
+        requests_per_second: 1_000_000,
+        request_burst: 1_000_000,
+        ..HubSettings::default()
+    }
+}
+
+/// A running in-process market.
+pub struct Appliance {
+    /// The relay.
+    pub relay: EmbeddedRelay,
+    /// Its URL.
+    pub url: RelayUrl,
+    /// The hub.
+    pub hub: RunningHub,
+    /// The hub's service keys.
+    pub hub_keys: Keys,
+    /// Provider nodes started here.
+    pub nodes: Vec<Node>,
+    dir: PathBuf,
+    _temp: Option<tempfile::TempDir>,
+}
+
+impl Appliance {
+    /// Starts a relay (with `settings`) and a hub, storing under `dir` (a temporary directory when
+    /// `None`). The hub uses `hub_keys` and `node_key` (random when `None`).
+    pub async fn start(
+        settings: &RelaySettings,
+        dir: Option<&Path>,
+        hub_identity: Option<(Keys, bitcoin::secp256k1::SecretKey)>,
+        hub_settings: HubSettings,
+    ) -> Result<Self, ApplianceError> {
+        let temp = match dir {
+            Some(_) => None,
+            None => Some(tempfile::tempdir().map_err(err)?),
+        };
+        let dir = dir
+            .map(Path::to_path_buf)
+            .or_else(|| temp.as_ref().map(|t| t.path().to_path_buf()))
+            .ok_or_else(|| err("no data directory"))?;
+        let relay = EmbeddedRelay::start(settings, &dir.join("relay"))
+            .await
+            .map_err(err)?;
+        let url = relay.url();
+        let (hub_keys, node_key) = hub_identity.unwrap_or_else(|| {
+            (
+                Keys::generate(),
+                bitcoin::secp256k1::SecretKey::new(&mut rand::thread_rng()),
+            )
+        });
+        std::fs::create_dir_all(dir.join("hub")).map_err(err)?;
+        let ledger = Ledger::open(&dir.join("hub").join("ledger.db")).map_err(err)?;
+        let service = Service::new(hub_keys.clone(), node_key, ledger, hub_settings);
+        let hub_client = connect(&hub_keys, &url).await?;
+        let hub = hub::start(service, Arc::new(hub_client))
+            .await
+            .map_err(err)?;
+        Ok(Self {
+            relay,
+            url,
+            hub,
+            hub_keys,
+            nodes: Vec::new(),
+            dir,
+            _temp: temp,
+        })
+    }
+
+    /// The connection URI of `client`'s account on this hub.
+    pub fn wallet_uri(&self, client: &Keys) -> NostrWalletConnectURI {
+        NostrWalletConnectURI::new(
+            self.hub_keys.public_key(),
+            vec![self.url.clone()],
+            client.secret_key().clone(),
+            None,
+        )
+    }
+
+    /// A wallet client for `client`'s account.
+    pub async fn wallet(&self, client: &Keys) -> Result<NwcWallet, ApplianceError> {
+        NwcWallet::connect(&self.wallet_uri(client), Default::default())
+            .await
+            .map_err(err)
+    }
+
+    /// Starts `n` provider nodes, each with fresh keys, its own wallet account and store.
+    pub async fn add_providers(
+        &mut self,
+        n: usize,
+        options: &NodeOptions,
+    ) -> Result<Vec<PublicKey>, ApplianceError> {
+        let mut keys_out = Vec::with_capacity(n);
+        for _ in 0..n {
+            let keys = Keys::generate();
+            let i = self.nodes.len();
+            let wallet = self.wallet(&Keys::generate()).await?;
+            let store = Arc::new(
+                Store::open(&self.dir.join("nodes").join(format!("node{i}"))).map_err(err)?,
+            );
+            let node = Node::start(
+                keys.clone(),
+                Arc::new(connect(&keys, &self.url).await?),
+                Arc::new(wallet),
+                store,
+                Registry::builtin(),
+                options.clone(),
+            )
+            .await
+            .map_err(err)?;
+            keys_out.push(keys.public_key());
+            self.nodes.push(node);
+        }
+        Ok(keys_out)
+    }
+
+    /// A buyer with `msats` from the faucet, its store under this appliance's directory.
+    pub async fn funded_buyer(
+        &self,
+        keys: &Keys,
+        msats: u64,
+    ) -> Result<(Arc<Buyer>, Arc<Store>), ApplianceError> {
+        let wallet = self.wallet(&Keys::generate()).await?;
+        let grant = wallet
+            .make_invoice(MakeInvoiceParams {
+                amount: msats,
+                description: Some("faucet".into()),
+                description_hash: None,
+                expiry: None,
+            })
+            .await
+            .map_err(err)?;
+        wallet
+            .faucet(grant.invoice.unwrap_or_default())
+            .await
+            .map_err(err)?;
+        let store = Arc::new(
+            Store::open(
+                &self
+                    .dir
+                    .join("buyers")
+                    .join(&keys.public_key().to_hex()[..16]),
+            )
+            .map_err(err)?,
+        );
+        let buyer = Buyer::start(
+            keys.clone(),
+            Arc::new(connect(keys, &self.url).await?),
+            Some(Arc::new(wallet)),
+            store.clone(),
+        )
+        .await
+        .map_err(err)?;
+        Ok((Arc::new(buyer), store))
+    }
+
+    /// The hub's audit.
+    pub fn audit(&self) -> Result<hub::AuditReport, ApplianceError> {
+        let ledger = self.hub.service().ledger();
+        let guard = ledger.lock().map_err(|_| err("ledger lock poisoned"))?;
+        guard.audit().map_err(err)
+    }
+
+    /// Stops nodes (gracefully), the hub and the relay.
+    pub async fn stop(mut self) {
+        for n in self.nodes.drain(..) {
+            n.stop().await;
+        }
+        self.hub.stop().await;
+        self.relay.shutdown().await;
+    }
+}
+
+/// A one-shot client connection to `url` for `keys`.
+pub async fn connect(keys: &Keys, url: &RelayUrl) -> Result<MarketClient, ApplianceError> {
+    MarketClient::connect(
+        keys.clone(),
+        std::slice::from_ref(url),
+        Duration::from_secs(5),
+        Reachability::OneShot,
+    )
+    .await
+    .map_err(err)
+}
