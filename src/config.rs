@@ -92,6 +92,35 @@ struct WalletFile {
     timeout_secs: Option<u64>,
 }
 
+/// The `[llm]` table: where text generation runs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LlmConfig {
+    /// An OpenAI-compatible server (Ollama, llama-server, …). Unset: detect one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// The model served by default. Unset: the server's first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// Seconds one generation may take.
+    #[serde(default = "default_llm_timeout")]
+    pub timeout_secs: u64,
+}
+
+impl Default for LlmConfig {
+    fn default() -> Self {
+        Self {
+            endpoint: None,
+            model: None,
+            timeout_secs: default_llm_timeout(),
+        }
+    }
+}
+
+fn default_llm_timeout() -> u64 {
+    120
+}
+
 /// The `[hub]` table, as written.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -129,6 +158,8 @@ pub struct Config {
     /// The embedded hub.
     #[serde(serialize_with = "hub_settings")]
     pub hub: HubSettings,
+    /// Text generation.
+    pub llm: LlmConfig,
 }
 
 /// The file as written: every field optional so a short file means "defaults for the rest".
@@ -142,6 +173,7 @@ struct ConfigFile {
     prices: Option<BTreeMap<String, u64>>,
     wallet: Option<WalletFile>,
     hub: Option<HubFile>,
+    llm: Option<LlmConfig>,
 }
 
 impl Config {
@@ -194,6 +226,7 @@ impl Config {
             prices,
             wallet,
             hub,
+            llm: file.llm.unwrap_or_default(),
         })
     }
 
@@ -281,6 +314,13 @@ invoice_expiry_secs = 3600          # when a request gives none
 requests_per_second = 500           # per client, sustained
 request_burst = 2000
 allow_clients = []                  # empty: any key may open an account
+
+# Text generation (kind 5050): an OpenAI-compatible server. Unset, `pylon node up` looks for
+# Ollama (127.0.0.1:11434) and llama-server (127.0.0.1:8080).
+[llm]
+# endpoint = "http://127.0.0.1:8080"
+# model = "gemma-3-270m"
+timeout_secs = 120
 
 # What this node charges per job, in millisatoshis, by job request kind.
 [prices]

@@ -78,11 +78,12 @@ pub async fn run(home: &Home, passphrase: Option<&str>, relay_override: &[String
     };
     checks.push(check_identity(home, passphrase));
     checks.push(check_writable(home.root()));
-    if let Some(config) = config {
+    if let Some(config) = &config {
         for url in &config.relays {
             checks.push(check_relay(url).await);
         }
     }
+    checks.push(check_llm(config.as_ref()).await);
     Report {
         ok: checks.iter().all(|c| c.ok),
         checks,
@@ -106,6 +107,31 @@ fn check_identity(home: &Home, passphrase: Option<&str>) -> Check {
             ),
             Err(e) => Check::fail("identity", e.to_string()),
         },
+    }
+}
+
+/// Text generation is optional: this check reports what is there, and never fails.
+async fn check_llm(config: Option<&Config>) -> Check {
+    use crate::executors::textgen::{backend, Backend};
+    let timeout = Duration::from_secs(5);
+    let found = match config.and_then(|c| c.llm.endpoint.clone()) {
+        Some(ep) => {
+            let b = Backend::new("openai", &ep, timeout);
+            match b.models().await {
+                Ok(m) => Some((b, m)),
+                Err(e) => {
+                    return Check::pass("llm backend", format!("{e}; text generation is off"))
+                }
+            }
+        }
+        None => backend::detect(timeout).await,
+    };
+    match found {
+        Some((b, models)) => Check::pass("llm backend", format!("{} at {}: {}", b.name(), b.endpoint(), models.join(", "))),
+        None => Check::pass(
+            "llm backend",
+            "none found (Ollama on 127.0.0.1:11434, llama-server on 127.0.0.1:8080): text generation is off",
+        ),
     }
 }
 

@@ -119,7 +119,8 @@ impl Appliance {
             .map_err(err)
     }
 
-    /// Starts `n` provider nodes, each with fresh keys, its own wallet account and store.
+    /// Starts `n` provider nodes with the built-in executors, each with fresh keys, its own
+    /// wallet account and store.
     pub async fn add_providers(
         &mut self,
         n: usize,
@@ -127,26 +128,34 @@ impl Appliance {
     ) -> Result<Vec<PublicKey>, ApplianceError> {
         let mut keys_out = Vec::with_capacity(n);
         for _ in 0..n {
-            let keys = Keys::generate();
-            let i = self.nodes.len();
-            let wallet = self.wallet(&Keys::generate()).await?;
-            let store = Arc::new(
-                Store::open(&self.dir.join("nodes").join(format!("node{i}"))).map_err(err)?,
-            );
-            let node = Node::start(
-                keys.clone(),
-                Arc::new(connect(&keys, &self.url).await?),
-                Arc::new(wallet),
-                store,
-                Registry::builtin(),
-                options.clone(),
-            )
-            .await
-            .map_err(err)?;
-            keys_out.push(keys.public_key());
-            self.nodes.push(node);
+            keys_out.push(self.add_node(Registry::builtin(), options).await?);
         }
         Ok(keys_out)
+    }
+
+    /// Starts one provider node serving `registry`, with fresh keys, wallet account and store.
+    pub async fn add_node(
+        &mut self,
+        registry: Registry,
+        options: &NodeOptions,
+    ) -> Result<PublicKey, ApplianceError> {
+        let keys = Keys::generate();
+        let i = self.nodes.len();
+        let wallet = self.wallet(&Keys::generate()).await?;
+        let store =
+            Arc::new(Store::open(&self.dir.join("nodes").join(format!("node{i}"))).map_err(err)?);
+        let node = Node::start(
+            keys.clone(),
+            Arc::new(connect(&keys, &self.url).await?),
+            Arc::new(wallet),
+            store,
+            registry,
+            options.clone(),
+        )
+        .await
+        .map_err(err)?;
+        self.nodes.push(node);
+        Ok(keys.public_key())
     }
 
     /// A buyer with `msats` from the faucet, its store under this appliance's directory.

@@ -67,7 +67,6 @@ pub async fn measure(
             None,
         )
         .await?;
-    // The subscription is live once a first probe arrives.
     let mut notes = subscriber.notifications();
     let sign = |i: usize| -> Result<Event, ClientError> {
         EventBuilder::new(Kind::from(PROBE_KIND), i.to_string())
@@ -75,18 +74,38 @@ pub async fn measure(
             .sign_with_keys(&keys)
             .map_err(|e| ClientError::Unreachable(e.to_string()))
     };
+    // The REQ travels on another connection than the probes, and ephemeral probes that reach
+    // the relay before it are gone: probe until one comes back, then the subscription is live.
+    let mut next = 0usize;
+    let warm_until = Instant::now() + timeout;
+    loop {
+        let ev = sign(next)?;
+        next += 1;
+        publisher.publish(&ev).await?;
+        let wait = Duration::from_millis(250);
+        if wait_for(&mut notes, |e| e.pubkey == keys.public_key(), wait)
+            .await
+            .is_ok()
+        {
+            break;
+        }
+        if Instant::now() > warm_until {
+            return Err(ClientError::Unreachable(
+                "a probe event never came back from the relay".into(),
+            ));
+        }
+    }
     let mut round_trips = Vec::with_capacity(samples);
-    for i in 0..samples + 1 {
-        let ev = sign(i)?;
+    for i in 0..samples {
+        let ev = sign(next + i)?;
         let started = Instant::now();
         publisher.publish(&ev).await?;
         wait_for(&mut notes, |e| e.id == ev.id, timeout).await?;
-        if i > 0 {
-            round_trips.push(started.elapsed());
-        }
+        round_trips.push(started.elapsed());
     }
+    let next = next + samples;
     let events: Vec<Event> = (0..burst)
-        .map(|i| sign(samples + 1 + i))
+        .map(|i| sign(next + i))
         .collect::<Result<_, _>>()?;
     let started = Instant::now();
     let receive = async {

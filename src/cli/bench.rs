@@ -17,6 +17,31 @@ pub(crate) enum BenchCommand {
     Stats(StatsArgs),
     /// Repo map of a generated 200-file repository through 1, 10, 30 providers, vs --local
     Repomap(RepomapArgs),
+    /// A 64-token completion bought through the market vs calling the model server directly
+    Textgen(TextgenArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct TextgenArgs {
+    /// Completions measured each way
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// Tokens per completion
+    #[arg(long, default_value_t = 64)]
+    max_tokens: u32,
+    /// A running OpenAI-compatible server (Ollama, llama-server…); default: launch the packaged
+    /// llama.cpp server with Gemma 3 270M (installed by ./scripts/test.sh)
+    #[arg(long, value_name = "URL")]
+    endpoint: Option<String>,
+    /// Model to ask for (default: the server's first)
+    #[arg(long)]
+    model: Option<String>,
+    /// CPU threads for the launched server
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    /// Print JSON
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -82,6 +107,51 @@ pub(crate) struct WalletArgs {
 
 pub(crate) async fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
     match cmd {
+        BenchCommand::Textgen(args) => {
+            let options = crate::bench::textgen::TextgenOptions {
+                runs: args.runs.max(1),
+                max_tokens: args.max_tokens.clamp(1, 1024),
+                endpoint: args.endpoint,
+                model: args.model,
+                threads: args.threads.max(1),
+            };
+            let r = crate::bench::textgen::run(options, |l| eprintln!("bench: {l}")).await?;
+            if args.json {
+                output::print_json(&r)?;
+            } else {
+                println!(
+                    "{} at {} ({} completion tokens, {} runs each way)",
+                    r.model, r.endpoint, r.completion_tokens, r.runs
+                );
+                println!(
+                    "direct:  p50 {:.1} ms, p95 {:.1} ms; {:.1} tokens/s",
+                    r.direct.latency_ms.p50, r.direct.latency_ms.p95, r.direct.tokens_per_sec
+                );
+                println!(
+                    "market:  p50 {:.1} ms, p95 {:.1} ms to the result; {:.1} tokens/s; paid and receipted p50 {:.1} ms",
+                    r.market.latency_ms.p50,
+                    r.market.latency_ms.p95,
+                    r.market.tokens_per_sec,
+                    r.market_paid_ms.p50
+                );
+                println!(
+                    "overhead: {:.3}x ({:+.1} ms); identical outputs {}/{}; audit: {}",
+                    r.overhead_ratio,
+                    r.overhead_ms,
+                    r.identical_outputs,
+                    r.runs,
+                    if r.audit_ok { "OK" } else { "FAILED" }
+                );
+                for p in &r.problems {
+                    println!("problem: {p}");
+                }
+            }
+            Ok(if r.all_done && r.audit_ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
         BenchCommand::Repomap(args) => {
             let r = crate::bench::repomap::run(args.files.max(1), &args.providers, |l| {
                 eprintln!("bench: {l}")

@@ -60,6 +60,72 @@ pub(crate) struct UpArgs {
     /// Keep serving buyers who let invoices of this node expire unpaid
     #[arg(long)]
     allow_unpaid: bool,
+    /// LLM backend for text generation: auto (Ollama or llama-server on their default ports, or
+    /// llm.endpoint), openai (an OpenAI-compatible server at --endpoint), none
+    #[arg(long, value_enum, default_value_t = LlmBackend::Auto)]
+    backend: LlmBackend,
+    /// OpenAI-compatible server URL, e.g. http://127.0.0.1:8080 [default: llm.endpoint]
+    #[arg(long, value_name = "URL")]
+    endpoint: Option<String>,
+    /// Model to serve by default [default: llm.model, else the server's first]
+    #[arg(long, value_name = "NAME")]
+    model: Option<String>,
+}
+
+/// Where text generation comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum LlmBackend {
+    /// Detect a local server.
+    Auto,
+    /// The server at --endpoint.
+    Openai,
+    /// No text generation.
+    None,
+}
+
+/// Finds the text-generation backend the flags and config ask for.
+async fn text_generation(
+    args: &UpArgs,
+    config: &crate::config::Config,
+) -> anyhow::Result<Option<crate::executors::textgen::TextGeneration>> {
+    use crate::executors::textgen::{backend, Backend, TextGeneration};
+    let timeout = Duration::from_secs(config.llm.timeout_secs);
+    let endpoint = args
+        .endpoint
+        .clone()
+        .or_else(|| config.llm.endpoint.clone());
+    let found = match (args.backend, endpoint) {
+        (LlmBackend::None, _) => return Ok(None),
+        (LlmBackend::Openai, None) => {
+            bail!("--backend openai needs --endpoint URL (or llm.endpoint in config)")
+        }
+        (_, Some(ep)) => {
+            let b = Backend::new("openai", &ep, timeout);
+            let models = b
+                .models()
+                .await
+                .with_context(|| format!("no OpenAI-compatible server answers at {ep}"))?;
+            Some((b, models))
+        }
+        (LlmBackend::Auto, None) => backend::detect(timeout).await,
+    };
+    let Some((b, mut models)) = found else {
+        return Ok(None);
+    };
+    if let Some(wanted) = args.model.clone().or_else(|| config.llm.model.clone()) {
+        let Some(at) = models.iter().position(|m| *m == wanted) else {
+            bail!(
+                "model `{wanted}` is not served at {} (served: {})",
+                b.endpoint(),
+                models.join(", ")
+            );
+        };
+        models.swap(0, at);
+    }
+    if models.is_empty() {
+        bail!("the server at {} serves no model", b.endpoint());
+    }
+    Ok(Some(TextGeneration::new(b, models)))
 }
 
 #[derive(Debug, Args)]
@@ -103,8 +169,37 @@ async fn up(ctx: &Context, args: UpArgs) -> anyhow::Result<ExitCode> {
     if let Some(p) = args.price_msats {
         prices.values_mut().for_each(|v| *v = p);
     }
-    // Serve only kinds this build can run; say which configured ones are skipped.
-    let registry = Registry::builtin();
+    // Serve only kinds this node can run; say which configured ones are skipped.
+    let mut registry = Registry::builtin();
+    let wants_text =
+        args.kinds.is_empty() || prices.contains_key(&crate::protocol::kinds::TEXT_GENERATION);
+    if wants_text && args.backend != LlmBackend::None {
+        match text_generation(&args, &config).await {
+            Ok(Some(tg)) => {
+                eprintln!(
+                    "text generation: {} at {} ({})",
+                    tg.backend().name(),
+                    tg.backend().endpoint(),
+                    tg.models().join(", ")
+                );
+                registry.add(std::sync::Arc::new(tg));
+            }
+            Ok(None) => {}
+            Err(e) if args.kinds.is_empty() => eprintln!("text generation off: {e:#}"),
+            Err(e) => return Err(e),
+        }
+    }
+    if prices.contains_key(&crate::protocol::kinds::TEXT_GENERATION)
+        && registry
+            .get(crate::protocol::kinds::TEXT_GENERATION)
+            .is_none()
+        && !args.kinds.is_empty()
+    {
+        bail!(
+            "no LLM backend for text generation: start Ollama or llama-server, or pass \
+             --backend openai --endpoint URL"
+        );
+    }
     let skipped: Vec<u16> = prices
         .keys()
         .copied()

@@ -1,6 +1,7 @@
 //! Job kinds a provider can run. Each is an [`Executor`]; the provider looks them up by kind.
 
 pub mod code;
+pub mod textgen;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -43,6 +44,10 @@ pub trait Executor: Send + Sync {
     fn kind(&self) -> u16;
     /// Backends, for the announcement.
     fn backends(&self) -> Vec<String>;
+    /// Models served (text generation), for the announcement and status.
+    fn models(&self) -> Vec<String> {
+        Vec::new()
+    }
     /// Runs the job.
     fn execute<'a>(&'a self, request: &'a JobRequest) -> BoxFuture<'a, Result<Output, ExecError>>;
 }
@@ -84,5 +89,10 @@ impl Registry {
     /// Backends of all executors.
     pub fn backends(&self) -> Vec<String> {
         self.by_kind.values().flat_map(|e| e.backends()).collect()
+    }
+
+    /// Models of all executors.
+    pub fn models(&self) -> Vec<String> {
+        self.by_kind.values().flat_map(|e| e.models()).collect()
     }
 }

@@ -227,16 +227,18 @@ impl Ledger {
         let unpaid = query.unpaid.unwrap_or(false);
         let want_in = query.kind != Some(TransactionType::Outgoing);
         let want_out = query.kind != Some(TransactionType::Incoming);
-        // Both directions, merged in SQL so paging is exact.
+        // Both directions, merged in SQL so paging is exact. Timestamps are seconds; within a
+        // second, the transfer id (one per settled invoice, in payment order) breaks the tie.
         let sql = format!(
             "SELECT dir, payment_hash FROM (
-                SELECT 'in' AS dir, payment_hash, created_at FROM invoices
-                 WHERE ?1 AND payee = ?3 AND created_at BETWEEN ?4 AND ?5
-                   AND (state = 'settled' OR ?6)
+                SELECT 'in' AS dir, i.payment_hash, i.created_at, t.id AS seq FROM invoices i
+                  LEFT JOIN transfers t ON t.payment_hash = i.payment_hash
+                 WHERE ?1 AND i.payee = ?3 AND i.created_at BETWEEN ?4 AND ?5
+                   AND (i.state = 'settled' OR ?6)
                 UNION ALL
-                SELECT 'out' AS dir, payment_hash, created_at FROM transfers
+                SELECT 'out' AS dir, payment_hash, created_at, id AS seq FROM transfers
                  WHERE ?2 AND payer = ?3 AND created_at BETWEEN ?4 AND ?5
-             ) ORDER BY created_at DESC, payment_hash LIMIT {limit} OFFSET {offset}"
+             ) ORDER BY created_at DESC, seq DESC, payment_hash LIMIT {limit} OFFSET {offset}"
         );
         let mut stmt = self.conn.prepare_cached(&sql)?;
         let keys: Vec<(String, String)> = stmt
@@ -924,7 +926,15 @@ mod tests {
             .list("alice", &ListTransactionsParams::default(), now())
             .expect("list");
         assert_eq!(all.len(), 6, "5 payments + the faucet grant");
-        assert!(all.windows(2).all(|w| w[0].created_at >= w[1].created_at));
+        // Newest first, exactly, even within one second: the five payments (last one first), then
+        // the faucet grant that funded them.
+        let order: Vec<(TransactionType, u64)> = all.iter().map(|t| (t.kind, t.amount)).collect();
+        let mut expected: Vec<(TransactionType, u64)> = (0..5)
+            .rev()
+            .map(|i| (TransactionType::Outgoing, 1_000 + i))
+            .collect();
+        expected.push((TransactionType::Incoming, 100_000));
+        assert_eq!(order, expected);
         let page = l
             .list(
                 "alice",

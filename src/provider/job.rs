@@ -300,8 +300,19 @@ impl Job<'_> {
             Err(e) => return self.fail(FailureCode::ExecError, &e.to_string()).await,
         };
         let hash = self.payment_hash();
+        // Recorded before publishing: a fast buyer pays the moment the result lands, and the
+        // settlement watcher needs the result's id for the receipt (and must not be overtaken).
+        let digest = sha256::Hash::hash(output.content.as_bytes()).to_string();
+        self.update(&[
+            Set::Result(result.id.to_hex(), digest, output.content.len() as u64),
+            Set::Time(Stamp::Published, now_ms()),
+            Set::State(if prepaid.is_some() {
+                JobState::Paid
+            } else {
+                JobState::Result
+            }),
+        ]);
         if prepaid.is_none() {
-            // Watch before publishing: a fast buyer may pay the moment the result lands.
             settle::expect(s, &hash, &self.id(), None);
         }
         if let Err(e) = s.relay.publish(&result).await {
@@ -313,16 +324,6 @@ impl Job<'_> {
                 )
                 .await;
         }
-        let digest = sha256::Hash::hash(output.content.as_bytes()).to_string();
-        self.update(&[
-            Set::Result(result.id.to_hex(), digest, output.content.len() as u64),
-            Set::Time(Stamp::Published, now_ms()),
-            Set::State(if prepaid.is_some() {
-                JobState::Paid
-            } else {
-                JobState::Result
-            }),
-        ]);
         s.served.fetch_add(1, Ordering::SeqCst);
         if let Some((_, preimage)) = prepaid {
             settle::receipt(s, &self.id(), &preimage).await;

@@ -127,6 +127,9 @@ pub struct NodeStatus {
     pub fallback: Option<FallbackInfo>,
     /// Kinds served.
     pub kinds: Vec<u16>,
+    /// Models served (text generation).
+    #[serde(default)]
+    pub models: Vec<String>,
     /// Prices, msats, by kind.
     pub prices: BTreeMap<String, u64>,
     /// When buyers pay.
@@ -313,6 +316,7 @@ impl Node {
                 .collect(),
             fallback: s.relay.fallback().cloned(),
             kinds: s.executors.kinds(),
+            models: s.executors.models(),
             prices: s
                 .options
                 .prices
@@ -365,7 +369,7 @@ fn provider_info(s: &Shared) -> ProviderInfo {
         about: "A Pylon node: NIP-90 jobs paid over Lightning, receipts on Nostr.".into(),
         version: format!("pylon {}", env!("CARGO_PKG_VERSION")),
         backends: s.executors.backends(),
-        models: Vec::new(),
+        models: s.executors.models(),
         prices: s
             .options
             .prices

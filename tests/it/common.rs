@@ -40,6 +40,16 @@ pub fn run_with_pass(cmd: &mut Command, pass: &str) -> Output {
 }
 
 /// `pylon init --json` in `home`; returns its JSON report.
+/// Runs `pylon --relay RELAY ARGS…` from `home` with the test passphrase, as a user would.
+pub fn pylon_at(home: &Path, relay: &str, args: &[&str]) -> Output {
+    pylon(home)
+        .args(["--relay", relay])
+        .args(args)
+        .env("PYLON_PASSPHRASE", PASS)
+        .output()
+        .expect("spawn")
+}
+
 pub fn init_home(home: &Path) -> Value {
     let out = run_with_pass(pylon(home).args(["init", "--json"]), PASS);
     assert!(out.status.success(), "init failed: {}", stderr(&out));

@@ -13,3 +13,4 @@ mod quality;
 mod relay_process;
 mod relay_protocol;
 mod repomap;
+mod textgen;

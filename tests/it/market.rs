@@ -575,13 +575,13 @@ fn bad_job_input_is_explained() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("not a job id"), "{}", stderr(&out));
     let out = pylon(dir.path())
-        .args(["node", "up", "--kinds", "5050"])
+        .args(["node", "up", "--kinds", "5100"])
         .env("PYLON_PASSPHRASE", PASS)
         .output()
         .expect("spawn");
     assert!(!out.status.success());
     assert!(
-        stderr(&out).contains("no executor for kind 5050"),
+        stderr(&out).contains("no executor for kind 5100"),
         "{}",
         stderr(&out)
     );
@@ -749,14 +749,7 @@ fn pay_later_by_job_id_and_the_receipt_follows() {
     let provider = Home::new(root.path().join("provider"));
     let _node = start_node_process(&provider.path, &[&url], &[]);
     let buyer = Home::new(root.path().join("buyer"));
-    let run = |args: &[&str]| {
-        pylon(&buyer.path)
-            .args(["--relay", &url])
-            .args(args)
-            .env("PYLON_PASSPHRASE", PASS)
-            .output()
-            .expect("spawn")
-    };
+    let run = |args: &[&str]| crate::common::pylon_at(&buyer.path, &url, args);
     assert!(run(&["wallet", "faucet", "100"]).status.success());
     let out = run(&[
         "job",
