@@ -2,6 +2,10 @@
 //! any number of provider nodes, each with its own identity and wallet. `pylon up`, `pylon swarm`,
 //! `pylon demo` and the benchmarks are built on it.
 
+pub mod demo;
+pub mod swarm;
+pub mod up;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,11 +16,10 @@ use nostr_sdk::{Keys, PublicKey, RelayUrl};
 use crate::buyer::Buyer;
 use crate::executors::Registry;
 use crate::hub::{self, FaucetLimits, HubSettings, Ledger, RunningHub, Service};
-use crate::protocol::nip47::MakeInvoiceParams;
 use crate::provider::{Node, NodeOptions};
 use crate::relay::{EmbeddedRelay, MarketClient, Reachability, RelaySettings};
 use crate::store::Store;
-use crate::wallet::{NwcWallet, Wallet};
+use crate::wallet::NwcWallet;
 
 /// Errors building the appliance.
 #[derive(Debug, thiserror::Error)]
@@ -43,9 +46,9 @@ pub fn open_hub_settings() -> HubSettings {
 
 /// A running in-process market.
 pub struct Appliance {
-    /// The relay.
-    pub relay: EmbeddedRelay,
-    /// Its URL.
+    /// The embedded relay, when the market runs on it (none on an outside relay).
+    pub relay: Option<EmbeddedRelay>,
+    /// The market's relay URL.
     pub url: RelayUrl,
     /// The hub.
     pub hub: RunningHub,
@@ -78,6 +81,37 @@ impl Appliance {
             .await
             .map_err(err)?;
         let url = relay.url();
+        Self::start_on(url, Some(relay), dir, temp, hub_identity, hub_settings).await
+    }
+
+    /// Starts a hub on the relay at `url` (`embedded` when this process serves it), storing
+    /// under `dir`.
+    pub async fn on_relay(
+        url: RelayUrl,
+        embedded: Option<EmbeddedRelay>,
+        dir: &Path,
+        hub_identity: Option<(Keys, bitcoin::secp256k1::SecretKey)>,
+        hub_settings: HubSettings,
+    ) -> Result<Self, ApplianceError> {
+        Self::start_on(
+            url,
+            embedded,
+            dir.to_path_buf(),
+            None,
+            hub_identity,
+            hub_settings,
+        )
+        .await
+    }
+
+    async fn start_on(
+        url: RelayUrl,
+        relay: Option<EmbeddedRelay>,
+        dir: PathBuf,
+        temp: Option<tempfile::TempDir>,
+        hub_identity: Option<(Keys, bitcoin::secp256k1::SecretKey)>,
+        hub_settings: HubSettings,
+    ) -> Result<Self, ApplianceError> {
         let (hub_keys, node_key) = hub_identity.unwrap_or_else(|| {
             (
                 Keys::generate(),
@@ -139,23 +173,48 @@ impl Appliance {
         registry: Registry,
         options: &NodeOptions,
     ) -> Result<PublicKey, ApplianceError> {
+        let store_dir = self
+            .dir
+            .join("nodes")
+            .join(format!("node{}", self.nodes.len()));
+        let store = Arc::new(Store::open(&store_dir).map_err(err)?);
         let keys = Keys::generate();
-        let i = self.nodes.len();
-        let wallet = self.wallet(&Keys::generate()).await?;
-        let store =
-            Arc::new(Store::open(&self.dir.join("nodes").join(format!("node{i}"))).map_err(err)?);
+        self.add_node_as(&keys, &Keys::generate(), store, registry, options)
+            .await?;
+        Ok(keys.public_key())
+    }
+
+    /// Starts a provider node as `keys`, paid into the hub account of `wallet_client`.
+    pub async fn add_node_as(
+        &mut self,
+        keys: &Keys,
+        wallet_client: &Keys,
+        store: Arc<Store>,
+        registry: Registry,
+        options: &NodeOptions,
+    ) -> Result<(), ApplianceError> {
+        let wallet = self.wallet(wallet_client).await?;
+        let options = NodeOptions {
+            name: format!("pylon-{}", &keys.public_key().to_hex()[..8]),
+            ..options.clone()
+        };
         let node = Node::start(
             keys.clone(),
-            Arc::new(connect(&keys, &self.url).await?),
+            Arc::new(connect_node(keys, &self.url).await?),
             Arc::new(wallet),
             store,
             registry,
-            options.clone(),
+            options,
         )
         .await
         .map_err(err)?;
         self.nodes.push(node);
-        Ok(keys.public_key())
+        Ok(())
+    }
+
+    /// Where this appliance keeps its data.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// A buyer with `msats` from the faucet, its store under this appliance's directory.
@@ -165,19 +224,7 @@ impl Appliance {
         msats: u64,
     ) -> Result<(Arc<Buyer>, Arc<Store>), ApplianceError> {
         let wallet = self.wallet(&Keys::generate()).await?;
-        let grant = wallet
-            .make_invoice(MakeInvoiceParams {
-                amount: msats,
-                description: Some("faucet".into()),
-                description_hash: None,
-                expiry: None,
-            })
-            .await
-            .map_err(err)?;
-        wallet
-            .faucet(grant.invoice.unwrap_or_default())
-            .await
-            .map_err(err)?;
+        wallet.top_up(msats, "faucet").await.map_err(err)?;
         let store = Arc::new(
             Store::open(
                 &self
@@ -211,8 +258,25 @@ impl Appliance {
             n.stop().await;
         }
         self.hub.stop().await;
-        self.relay.shutdown().await;
+        if let Some(relay) = self.relay {
+            relay.shutdown().await;
+        }
     }
+}
+
+/// A provider node's connection to `url`: a lean buffer (see [`NODE_NOTIFICATION_BUFFER`]).
+///
+/// [`NODE_NOTIFICATION_BUFFER`]: crate::relay::client::NODE_NOTIFICATION_BUFFER
+pub async fn connect_node(keys: &Keys, url: &RelayUrl) -> Result<MarketClient, ApplianceError> {
+    MarketClient::connect_buffered(
+        keys.clone(),
+        std::slice::from_ref(url),
+        Duration::from_secs(5),
+        Reachability::OneShot,
+        crate::relay::client::NODE_NOTIFICATION_BUFFER,
+    )
+    .await
+    .map_err(err)
 }
 
 /// A one-shot client connection to `url` for `keys`.

@@ -5,6 +5,7 @@ pub mod market;
 pub mod relay;
 pub mod repomap;
 pub mod stats;
+pub mod swarm;
 pub mod textgen;
 pub mod wallet;
 

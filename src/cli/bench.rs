@@ -19,6 +19,21 @@ pub(crate) enum BenchCommand {
     Repomap(RepomapArgs),
     /// A 64-token completion bought through the market vs calling the model server directly
     Textgen(TextgenArgs),
+    /// Memory per idle and per busy in-process provider, and the time to start 30 and 300
+    Swarm(SwarmArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct SwarmArgs {
+    /// Swarm sizes to start (comma-separated)
+    #[arg(long, value_delimiter = ',', default_values_t = vec![30, 300])]
+    providers: Vec<usize>,
+    /// Jobs per node in the busy phase
+    #[arg(long, default_value_t = 4)]
+    jobs_per_node: usize,
+    /// Print JSON
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -107,6 +122,39 @@ pub(crate) struct WalletArgs {
 
 pub(crate) async fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
     match cmd {
+        BenchCommand::Swarm(args) => {
+            let r = crate::bench::swarm::run(&args.providers, args.jobs_per_node.max(1), |l| {
+                eprintln!("bench: {l}")
+            })
+            .await?;
+            if args.json {
+                output::print_json(&r)?;
+            } else {
+                println!("process before the nodes: {:.1} MiB", r.baseline_mib);
+                for run in &r.runs {
+                    println!(
+                        "{:>4} providers: started in {:.2} s; {:.2} MiB per idle node, {:.2} MiB per busy node; {} jobs p50 {:.1} ms p95 {:.1} ms",
+                        run.providers,
+                        run.start_secs,
+                        run.per_idle_node_mib,
+                        run.per_busy_node_mib,
+                        run.busy_jobs,
+                        run.busy_latency_ms.p50,
+                        run.busy_latency_ms.p95
+                    );
+                }
+                println!(
+                    "target ≤ {:.1} MiB per idle node: {}",
+                    r.target_idle_mib,
+                    if r.target_met { "met" } else { "missed" }
+                );
+            }
+            Ok(if r.runs.iter().all(|x| x.all_done) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
         BenchCommand::Textgen(args) => {
             let options = crate::bench::textgen::TextgenOptions {
                 runs: args.runs.max(1),

@@ -393,32 +393,37 @@ async fn trace(ctx: &Context, args: IdArgs) -> anyhow::Result<ExitCode> {
     if args.json {
         output::print_json(&t)?;
     } else {
-        println!("job {}", t.job_id);
-        for s in &t.timeline {
-            println!(
-                "  +{:>4}s  {:<24} {}  by {}  {}",
-                s.after_request_secs,
-                s.what,
-                &s.event_id[..12],
-                &s.author[..12],
-                s.detail
-            );
-        }
-        if t.verified {
-            println!(
-                "VERIFIED: paid {} msats; sha256(preimage) = payment hash {}",
-                t.amount_msat.unwrap_or(0),
-                t.payment_hash.as_deref().unwrap_or("")
-            );
-        } else {
-            println!("NOT VERIFIED: {}", t.reason.as_deref().unwrap_or("unknown"));
-        }
+        print_trace(&t);
     }
     Ok(if t.verified {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// A job's chain as a timeline, and whether it verifies.
+pub(crate) fn print_trace(t: &provenance::Trace) {
+    println!("job {}", t.job_id);
+    for s in &t.timeline {
+        println!(
+            "  +{:>4}s  {:<24} {}  by {}  {}",
+            s.after_request_secs,
+            s.what,
+            &s.event_id[..12],
+            &s.author[..12],
+            s.detail
+        );
+    }
+    if t.verified {
+        println!(
+            "VERIFIED: paid {} msats; sha256(preimage) = payment hash {}",
+            t.amount_msat.unwrap_or(0),
+            t.payment_hash.as_deref().unwrap_or("")
+        );
+    } else {
+        println!("NOT VERIFIED: {}", t.reason.as_deref().unwrap_or("unknown"));
+    }
 }
 
 pub(crate) async fn pay(ctx: &Context, args: PayArgs) -> anyhow::Result<ExitCode> {

@@ -3,6 +3,7 @@
 
 mod bench;
 mod config;
+mod demo;
 mod doctor;
 mod events;
 mod hub;
@@ -14,6 +15,8 @@ mod prompt;
 mod relay;
 mod repomap;
 mod stats;
+mod swarm;
+mod up;
 mod wallet;
 
 use std::path::PathBuf;
@@ -71,6 +74,12 @@ pub struct Cli {
 enum Command {
     /// Create this node's identity (a 24-word mnemonic) and a default config.toml
     Init(init::InitArgs),
+    /// Run the whole market here: relay, regtest hub with faucet, dashboard and provider nodes
+    Up(up::UpArgs),
+    /// The self-contained hero run: 30 providers map this repository, then the launch scoreboard
+    Demo(demo::DemoArgs),
+    /// Many provider nodes in one process (each its own keys and wallet), with memory reports
+    Swarm(swarm::SwarmArgs),
     /// Keys and money: who this node is, balance, invoices, payments, faucet
     #[command(subcommand)]
     Wallet(wallet::WalletCommand),
@@ -186,6 +195,9 @@ async fn run(command: Command, ctx: Context) -> anyhow::Result<ExitCode> {
         Command::Doctor(args) => doctor::run(&ctx, args).await,
         Command::Events(args) => events::run(&ctx, args).await,
         Command::Bench(cmd) => bench::run(cmd).await,
+        Command::Up(args) => up::run(&ctx, args).await,
+        Command::Demo(args) => demo::run(args).await,
+        Command::Swarm(args) => swarm::run(&ctx, args).await,
     }
 }
 

@@ -222,7 +222,7 @@ async fn up(ctx: &Context, args: UpArgs) -> anyhow::Result<ExitCode> {
 
     let identity = ctx.identity()?;
     let keys = identity.nostr_keys().clone();
-    let relay = MarketClient::connect(
+    let relay = MarketClient::connect_buffered(
         keys.clone(),
         &config.relays,
         config.fallback_timeout,
@@ -230,6 +230,7 @@ async fn up(ctx: &Context, args: UpArgs) -> anyhow::Result<ExitCode> {
             settings: Box::new(config.relay.clone()),
             data_dir: ctx.home.relay_dir(),
         },
+        crate::relay::client::NODE_NOTIFICATION_BUFFER,
     )
     .await?;
     if let Some(fb) = relay.fallback() {
@@ -378,7 +379,7 @@ fn read_status(path: &Path) -> Option<NodeStatus> {
     serde_json::from_str(&text).ok()
 }
 
-fn write_status(path: &Path, status: &NodeStatus) {
+pub(crate) fn write_status(path: &Path, status: &NodeStatus) {
     let tmp = path.with_extension("json.tmp");
     let written = serde_json::to_vec_pretty(status)
         .map_err(std::io::Error::other)

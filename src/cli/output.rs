@@ -17,6 +17,12 @@ pub(crate) fn print_json<T: Serialize + ?Sized>(value: &T) -> anyhow::Result<()>
     Ok(())
 }
 
+/// Prints `value` as one line of JSON (for streams of reports).
+pub(crate) fn print_json_line<T: Serialize + ?Sized>(value: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string(value)?);
+    Ok(())
+}
+
 /// Prints a status line, ignoring a closed stdout: a long-running command whose reader went away
 /// must still shut down cleanly.
 pub(crate) fn say(line: &str) {

@@ -126,6 +126,7 @@ pub(crate) async fn web(ctx: &Context, args: WebArgs) -> anyhow::Result<ExitCode
         stats,
         client,
         store: personal_store(ctx),
+        notices: Vec::new(),
     });
     let running = web::serve(args.bind, state)
         .await

@@ -101,6 +101,16 @@ impl Identity {
         derive::purpose_keys(&self.seed[..], "hub-service")
     }
 
+    /// The Nostr keys and wallet-client keys of the `i`-th extra provider this identity runs
+    /// (`pylon up --providers N`, `pylon swarm`): derived, so a restart brings back the same
+    /// providers with the same accounts.
+    pub fn swarm_keys(&self, i: usize) -> (Keys, Keys) {
+        (
+            derive::purpose_keys(&self.seed[..], &format!("swarm-node/{i}")),
+            derive::purpose_keys(&self.seed[..], &format!("swarm-node/{i}/nwc-client")),
+        )
+    }
+
     /// The public half, safe to print and share.
     pub fn public(&self) -> PublicIdentity {
         PublicIdentity::new(self.nostr.public_key(), self.node.public_hex())

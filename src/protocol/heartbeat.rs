@@ -70,7 +70,19 @@ impl Heartbeat {
         info: &HeartbeatInfo,
         kinds_served: &[u16],
     ) -> Result<Event, ProtocolError> {
-        let expires = Timestamp::now() + info.interval_secs.max(1) * 3;
+        Self::to_event_at(keys, info, kinds_served, Timestamp::now())
+    }
+
+    /// Signs a heartbeat dated `at`, expiring `3 × interval` later. The kind is replaceable and
+    /// relays keep the newest by date, so a node beating twice in one second dates the second
+    /// beat a second later.
+    pub fn to_event_at(
+        keys: &Keys,
+        info: &HeartbeatInfo,
+        kinds_served: &[u16],
+        at: Timestamp,
+    ) -> Result<Event, ProtocolError> {
+        let expires = at + info.interval_secs.max(1) * 3;
         let mut t = vec![
             Tag::expiration(expires),
             tags::custom("status", [state_name(info.state)]),
@@ -85,6 +97,7 @@ impl Heartbeat {
             serde_json::to_string(info).map_err(|e| ProtocolError::Sign(e.to_string()))?;
         EventBuilder::new(kinds::HEARTBEAT, content)
             .tags(t)
+            .custom_created_at(at)
             .sign_with_keys(keys)
             .map_err(|e| ProtocolError::Sign(e.to_string()))
     }

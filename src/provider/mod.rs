@@ -161,6 +161,8 @@ pub(crate) struct Shared {
     served: AtomicU64,
     failed: AtomicU64,
     draining: AtomicBool,
+    /// Date of the last heartbeat (unix seconds), so the next one is always newer.
+    last_beat: AtomicU64,
     buyers: Mutex<policy::BuyerLimits>,
     pending: Mutex<HashMap<String, settle::Pending>>,
     started: Instant,
@@ -193,7 +195,20 @@ impl Shared {
     /// Publishes a heartbeat. The first one waits for the relay's `OK`, so a node is
     /// discoverable as online once `start` returns; later ones are fire-and-forget.
     async fn heartbeat(&self, confirm: bool) {
-        match Heartbeat::to_event(&self.keys, &self.heartbeat_info(), &self.executors.kinds()) {
+        let now = Timestamp::now().as_secs();
+        let last = self.last_beat.fetch_max(now, Ordering::SeqCst);
+        let at = if last >= now {
+            self.last_beat.fetch_add(1, Ordering::SeqCst) + 1
+        } else {
+            now
+        };
+        let info = self.heartbeat_info();
+        match Heartbeat::to_event_at(
+            &self.keys,
+            &info,
+            &self.executors.kinds(),
+            Timestamp::from(at),
+        ) {
             Ok(ev) => {
                 let sent = if confirm {
                     self.relay.publish(&ev).await
@@ -251,6 +266,7 @@ impl Node {
             served: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             draining: AtomicBool::new(false),
+            last_beat: AtomicU64::new(0),
             pending: Mutex::new(HashMap::new()),
             started: Instant::now(),
             started_at: Timestamp::now(),
@@ -392,9 +408,13 @@ async fn dispatch(s: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
     let mut catch_up = tokio::time::interval(CATCH_UP);
     catch_up.tick().await;
     let mut since = s.started_at;
+    // Jobs live in this set: if the node is killed (this task aborted), they die with it, as in
+    // a crash; a graceful stop lets them finish.
+    let mut jobs = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
             _ = stopped.changed() => break,
+            Some(_) = jobs.join_next(), if !jobs.is_empty() => {}
             _ = catch_up.tick() => {
                 let now = Timestamp::now();
                 let filter = Filter::new()
@@ -403,14 +423,14 @@ async fn dispatch(s: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
                     .limit(1000);
                 if let Ok(found) = s.relay.fetch(filter, Duration::from_secs(2)).await {
                     for event in found {
-                        tokio::spawn(job::handle(s.clone(), event));
+                        jobs.spawn(job::handle(s.clone(), event));
                     }
                     since = Timestamp::from(now.as_secs().saturating_sub(CATCH_UP.as_secs() * 2).max(s.started_at.as_secs()));
                 }
             }
             note = notes.recv() => match note {
                 Ok(RelayPoolNotification::Event { event, .. }) if kinds.contains(&event.kind.as_u16()) => {
-                    tokio::spawn(job::handle(s.clone(), *event));
+                    jobs.spawn(job::handle(s.clone(), *event));
                 }
                 Ok(_) => {}
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
@@ -420,6 +440,7 @@ async fn dispatch(s: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
             }
         }
     }
+    jobs.detach_all();
 }
 
 async fn heartbeats(s: Arc<Shared>, mut stopped: watch::Receiver<bool>) {

@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use nostr_sdk::prelude::Events;
 use nostr_sdk::{
-    Client, ClientMessage, ClientOptions, Event, EventId, Filter, Keys, RelayPoolNotification,
-    RelayPoolOptions, RelayUrl,
+    Client, ClientMessage, ClientOptions, Event, EventId, Filter, Keys, RelayOptions,
+    RelayPoolNotification, RelayPoolOptions, RelayUrl,
 };
 use serde::Serialize;
 use tokio::sync::broadcast;
@@ -25,9 +25,46 @@ use super::transport::NoDelayTransport;
 
 /// How long a publish may wait for room in a full outgoing queue.
 const PUBLISH_BACKPRESSURE: Duration = Duration::from_secs(10);
-/// Pool notification buffer: a hub or coordinator receives bursts of events; a lagging receiver
-/// loses the oldest, so room matters more than the few megabytes it costs.
-const NOTIFICATION_BUFFER: usize = 16_384;
+/// Room for relay messages a client has not read yet. Every slot is allocated up front (a few
+/// hundred bytes each), and a lagging reader loses the oldest messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Buffers {
+    /// The pool's channel, which our roles read.
+    pub pool: usize,
+    /// Each relay's own channel, which nostr-sdk reads for `OK`s and fetches (`None`: its default).
+    pub relay: Option<usize>,
+}
+
+/// A hub, coordinator or dashboard: bursts of events, where room matters more than megabytes.
+pub const NOTIFICATION_BUFFER: Buffers = Buffers {
+    pool: 16_384,
+    relay: None,
+};
+/// A provider node: it looks back for requests it missed, and a swarm runs hundreds of nodes in
+/// one process (nostr-sdk's default relay channel alone costs about 1 MiB per client).
+pub const NODE_NOTIFICATION_BUFFER: Buffers = Buffers {
+    pool: 512,
+    relay: Some(256),
+};
+/// A wallet client: it hears only its own responses and notifications (two per payment, and a
+/// coordinator pays dozens at once).
+pub const WALLET_NOTIFICATION_BUFFER: Buffers = Buffers {
+    pool: 256,
+    relay: Some(128),
+};
+
+async fn add_relay(client: &Client, url: &RelayUrl, buffers: Buffers) -> Result<(), ClientError> {
+    match buffers.relay {
+        None => {
+            client.add_relay(url).await?;
+        }
+        Some(n) => {
+            let options = RelayOptions::new().notification_channel_size(n.max(16));
+            client.pool().add_relay(url, options).await?;
+        }
+    }
+    Ok(())
+}
 
 /// How long a one-shot command waits for any relay before giving up.
 pub const ONE_SHOT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -52,6 +89,9 @@ pub enum ClientError {
     /// An error inside nostr-sdk.
     #[error("relay client: {0}")]
     Sdk(#[from] nostr_sdk::client::Error),
+    /// An error inside nostr-sdk's relay pool.
+    #[error("relay pool: {0}")]
+    Pool(#[from] nostr_sdk::pool::pool::Error),
 }
 
 /// What happens when no relay answers.
@@ -95,16 +135,27 @@ impl MarketClient {
         timeout: Duration,
         when_unreachable: Reachability,
     ) -> Result<Self, ClientError> {
+        Self::connect_buffered(keys, relays, timeout, when_unreachable, NOTIFICATION_BUFFER).await
+    }
+
+    /// [`connect`](Self::connect) with `buffers` of room for relay messages not yet read.
+    pub async fn connect_buffered(
+        keys: Keys,
+        relays: &[RelayUrl],
+        timeout: Duration,
+        when_unreachable: Reachability,
+        buffers: Buffers,
+    ) -> Result<Self, ClientError> {
         let client = Client::builder()
             .signer(keys)
             .websocket_transport(NoDelayTransport)
             .opts(
                 ClientOptions::new()
-                    .pool(RelayPoolOptions::new().notification_channel_size(NOTIFICATION_BUFFER)),
+                    .pool(RelayPoolOptions::new().notification_channel_size(buffers.pool.max(16))),
             )
             .build();
         for url in relays {
-            client.add_relay(url).await?;
+            add_relay(&client, url, buffers).await?;
         }
         let output = client.try_connect(timeout).await;
         if !output.success.is_empty() {
@@ -124,7 +175,7 @@ impl MarketClient {
             }
             Reachability::FallBack { settings, data_dir } => {
                 client.force_remove_all_relays().await;
-                Self::fall_back(client, reason, &settings, data_dir, timeout).await
+                Self::fall_back(client, reason, &settings, data_dir, timeout, buffers).await
             }
         }
     }
@@ -135,6 +186,7 @@ impl MarketClient {
         settings: &RelaySettings,
         data_dir: PathBuf,
         timeout: Duration,
+        buffers: Buffers,
     ) -> Result<Self, ClientError> {
         let (url, embedded) = match EmbeddedRelay::start(settings, &data_dir).await {
             Ok(relay) => (relay.url(), Some(relay)),
@@ -146,7 +198,7 @@ impl MarketClient {
             }
             Err(e) => return Err(ClientError::Fallback(reason, e)),
         };
-        client.add_relay(&url).await?;
+        add_relay(&client, &url, buffers).await?;
         let output = client.try_connect(timeout).await;
         if output.success.is_empty() {
             return Err(ClientError::Unreachable(format!(

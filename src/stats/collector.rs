@@ -34,17 +34,19 @@ struct Job {
     receipt_ms: Option<u64>,
     failed: Option<(FailureCode, u64)>,
     provider: Option<PublicKey>,
+    /// The one provider the request was addressed to, if it named exactly one.
+    target: Option<PublicKey>,
     requested_msat: Option<u64>,
     settled_msat: Option<u64>,
 }
 
 impl Job {
-    fn status(&self) -> &'static str {
+    fn status(&self, failed: bool) -> &'static str {
         if self.receipt_ms.is_some() {
             "paid"
         } else if self.result_ms.is_some() {
             "done"
-        } else if self.failed.is_some() {
+        } else if failed {
             "failed"
         } else if self.claimed_ms.is_some() {
             "processing"
@@ -107,6 +109,11 @@ impl Collector {
             job.submitted_ms = Some(at);
             job.submitted_at = Some(event.created_at.as_secs());
             job.first_ms = at;
+            let mut named = tags::all(event, "p");
+            job.target = match (named.next(), named.next()) {
+                (Some(p), None) => p.first().and_then(|h| PublicKey::from_hex(h).ok()),
+                _ => None,
+            };
         } else if kinds::JOB_RESULTS.contains(&kind) {
             let Some(job_id) = first_event_tag(event) else {
                 return;
@@ -231,6 +238,7 @@ impl Collector {
         let (mut ended, mut succeeded) = (0u64, 0u64);
         let mut series = vec![0u64; 60];
         for job in self.jobs.values() {
+            let failed = self.failure(job, now);
             let start = job.submitted_ms.unwrap_or(job.first_ms);
             for (span, w) in [
                 (MINUTE, &mut windows.last_minute),
@@ -245,10 +253,7 @@ impl Collector {
                     w.sats_requested += job.requested_msat.unwrap_or(0) / 1000;
                 }
                 if job.result_ms.is_none()
-                    && job
-                        .failed
-                        .as_ref()
-                        .is_some_and(|(_, t)| in_window(*t, span))
+                    && failed.as_ref().is_some_and(|(_, t)| in_window(*t, span))
                 {
                     w.failed += 1;
                 }
@@ -262,7 +267,7 @@ impl Collector {
                 }
             }
             if job.result_ms.is_none() {
-                if let Some((code, t)) = &job.failed {
+                if let Some((code, t)) = &failed {
                     if in_window(*t, 24 * HOUR) {
                         *failures.entry(code.to_string()).or_default() += 1;
                     }
@@ -273,7 +278,7 @@ impl Collector {
                 if job.result_ms.is_some() {
                     ended += 1;
                     succeeded += 1;
-                } else if job.failed.is_some() {
+                } else if failed.is_some() {
                     ended += 1;
                 }
                 if let Some(s) = job.submitted_ms {
@@ -322,7 +327,7 @@ impl Collector {
         let recent_jobs = recent
             .into_iter()
             .take(20)
-            .map(|(id, j)| job_row(id, j))
+            .map(|(id, j)| job_row(id, j, self.failure(j, now)))
             .collect();
         Snapshot {
             schema: SCHEMA.to_string(),
@@ -343,6 +348,7 @@ impl Collector {
             latency_histogram: histogram,
             recent_jobs,
             personal: None,
+            notices: Vec::new(),
         }
     }
 
@@ -360,7 +366,7 @@ impl Collector {
                     t.runtimes.push(r.saturating_sub(c) as f64);
                 }
                 t.earned_msat += job.settled_msat.unwrap_or(0);
-            } else if let Some((code, _)) = &job.failed {
+            } else if let Some((code, _)) = self.failure(job, now) {
                 *t.failed.entry(code.to_string()).or_default() += 1;
             }
         }
@@ -379,8 +385,32 @@ impl Collector {
     }
 
     /// One job's row, if known.
-    pub fn job_row(&self, id: &EventId) -> Option<JobRow> {
-        self.jobs.get(id).map(|j| job_row(id, j))
+    pub fn job_row(&self, id: &EventId, now_ms: u64) -> Option<JobRow> {
+        let now = Timestamp::from(now_ms / 1000);
+        self.jobs
+            .get(id)
+            .map(|j| job_row(id, j, self.failure(j, now)))
+    }
+
+    /// Why a job failed: the provider's `error` feedback, or `provider-offline` for a job
+    /// claimed by (or addressed to) a provider whose heartbeat has since expired with no result:
+    /// a killed node says nothing, so its silence is the evidence.
+    fn failure(&self, job: &Job, now: Timestamp) -> Option<(FailureCode, u64)> {
+        if job.failed.is_some() || job.result_ms.is_some() {
+            return job.failed.clone();
+        }
+        let provider = job.provider.or(job.target)?;
+        let since = job.claimed_ms.or(job.submitted_ms)?;
+        let p = self.providers.get(&provider)?;
+        let offline_since = match &p.heartbeat {
+            Some(beat) if beat.is_online(now) => return None,
+            Some(beat) => beat.expires_at?.as_secs() * 1000,
+            // A Pylon node beats before it takes jobs; relays drop expired beats, so a viewer
+            // that arrives later sees none at all.
+            None if p.announce.as_ref().is_some_and(|a| a.pylon) => since,
+            None => return None,
+        };
+        Some((FailureCode::ProviderOffline, offline_since.max(since)))
     }
 }
 
@@ -420,16 +450,14 @@ fn provider_row(pk: &PublicKey, p: &Provider, t: ProviderTally, now: Timestamp) 
     }
 }
 
-fn job_row(id: &EventId, j: &Job) -> JobRow {
+fn job_row(id: &EventId, j: &Job, failed: Option<(FailureCode, u64)>) -> JobRow {
     JobRow {
         job_id: id.to_hex(),
         kind: j.kind,
         buyer: j.buyer.map(|b| b.to_hex()),
         provider: j.provider.map(|p| p.to_hex()),
-        status: j.status().to_string(),
-        failure: j
-            .failed
-            .as_ref()
+        status: j.status(failed.is_some()).to_string(),
+        failure: failed
             .filter(|_| j.result_ms.is_none())
             .map(|(c, _)| c.to_string()),
         submitted_at: j.submitted_at,

@@ -122,7 +122,7 @@ impl LiveStats {
     /// One job, if known.
     pub fn job(&self, id: &EventId) -> Option<model::JobRow> {
         let c = self.collector.read().unwrap_or_else(|p| p.into_inner());
-        c.job_row(id)
+        c.job_row(id, now_ms())
     }
 }
 
@@ -369,6 +369,70 @@ mod tests {
         let s = w.c.snapshot(now.as_secs() * 1000);
         assert_eq!(s.online_nodes, 1);
         assert_eq!(s.known_providers, 2);
+    }
+
+    #[test]
+    fn a_claimed_job_whose_provider_went_silent_is_a_provider_offline_failure() {
+        let mut w = World::new();
+        let now = Timestamp::now().as_secs() * 1000;
+        let beat = Heartbeat::to_event(
+            &w.provider,
+            &HeartbeatInfo {
+                interval_secs: 1,
+                ..Default::default()
+            },
+            &[5960],
+        )
+        .expect("hb");
+        w.c.ingest(&beat, Some(now));
+        let req = w.request(1, now);
+        w.claim(&req, now + 5);
+        let done = w.request(2, now);
+        w.claim(&done, now + 5);
+        w.result(&done, 1000, now + 50);
+        // While the heartbeat is fresh, the job is merely in progress.
+        let s = w.c.snapshot(now + 100);
+        assert_eq!(s.failures.get("provider-offline"), None);
+        assert_eq!(
+            w.c.job_row(&req.id, now + 100).expect("row").status,
+            "processing"
+        );
+        // The heartbeat (3 s expiry) runs out with no result: the silence is the failure.
+        let later = now + 5_000;
+        let s = w.c.snapshot(later);
+        assert_eq!(s.failures.get("provider-offline"), Some(&1));
+        assert_eq!(s.windows.last_minute.failed, 1);
+        assert_eq!(s.success_rate, Some(0.5));
+        let row = w.c.job_row(&req.id, later).expect("row");
+        assert_eq!(
+            (row.status.as_str(), row.failure.as_deref()),
+            ("failed", Some("provider-offline"))
+        );
+        let p = &w.c.providers(later)[0];
+        assert_eq!(
+            (p.completed, p.failed.get("provider-offline")),
+            (1, Some(&1))
+        );
+        assert!(!p.online);
+
+        // A request addressed to the dead provider, never claimed, fails the same way; one
+        // addressed to nobody in particular is only waiting.
+        let addressed = NewJob {
+            kind: 5960,
+            inputs: vec![JobInput::text("to the dead")],
+            providers: vec![w.provider.public_key()],
+            ..Default::default()
+        }
+        .to_event(&w.buyer)
+        .expect("request");
+        w.c.ingest(&addressed, Some(later));
+        w.request(3, later);
+        let s = w.c.snapshot(later + 100);
+        assert_eq!(s.failures.get("provider-offline"), Some(&2));
+        assert_eq!(
+            w.c.job_row(&addressed.id, later + 100).expect("row").status,
+            "failed"
+        );
     }
 
     #[test]

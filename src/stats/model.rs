@@ -69,6 +69,10 @@ pub struct Snapshot {
     pub recent_jobs: Vec<JobRow>,
     /// This home's own money, when known.
     pub personal: Option<Personal>,
+    /// What the operator should know about how this market runs (e.g. the public relay was
+    /// unreachable and the embedded one took over).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notices: Vec<String>,
 }
 
 /// Percentiles in ms.

@@ -72,11 +72,12 @@ impl NwcWallet {
         options: NwcOptions,
     ) -> Result<Self, WalletError> {
         let keys = Keys::new(uri.secret.clone());
-        let relay = MarketClient::connect(
+        let relay = MarketClient::connect_buffered(
             keys.clone(),
             &uri.relays,
             options.connect_timeout,
             Reachability::OneShot,
+            crate::relay::client::WALLET_NOTIFICATION_BUFFER,
         )
         .await?;
         let info = relay
@@ -149,6 +150,20 @@ impl NwcWallet {
         self.inner
             .call(Request::Faucet(FaucetParams { invoice }))
             .await
+    }
+
+    /// Gets `msats` from a Pylon hub's faucet into this wallet: an invoice of its own, paid by
+    /// the faucet. Regtest only.
+    pub async fn top_up(&self, msats: u64, memo: &str) -> Result<PayResult, WalletError> {
+        let grant = self
+            .make_invoice(MakeInvoiceParams {
+                amount: msats,
+                description: Some(memo.to_string()),
+                description_hash: None,
+                expiry: None,
+            })
+            .await?;
+        self.faucet(grant.invoice.unwrap_or_default()).await
     }
 
     /// Disconnects.

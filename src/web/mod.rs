@@ -33,12 +33,15 @@ pub struct WebState {
     pub client: Arc<MarketClient>,
     /// This home's stores, for the personal figures (none when serving without a home).
     pub store: Option<Arc<Store>>,
+    /// Shown on the dashboard and in `/api/stats` (e.g. a relay fallback).
+    pub notices: Vec<String>,
 }
 
 impl WebState {
     fn snapshot(&self) -> Snapshot {
         let mut s = self.stats.snapshot();
         s.personal = self.store.as_ref().and_then(|st| st.jobs().personal().ok());
+        s.notices = self.notices.clone();
         s
     }
 }

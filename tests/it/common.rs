@@ -97,11 +97,18 @@ pub fn closed_port() -> u16 {
 pub struct Spawned {
     pub child: Child,
     pub first_line: String,
+    /// Every line read before returning (the first line, or up to the marker).
+    pub head: Vec<String>,
 }
 
 impl Spawned {
     /// Spawns `cmd` (stdout piped) and waits for its first line.
     pub fn start(cmd: &mut Command) -> Self {
+        Self::start_until(cmd, "")
+    }
+
+    /// Spawns `cmd` (stdout piped) and reads lines until one contains `marker`.
+    pub fn start_until(cmd: &mut Command, marker: &str) -> Self {
         let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -109,16 +116,29 @@ impl Spawned {
             .expect("spawn pylon");
         let stdout = child.stdout.take().expect("stdout");
         let mut lines = BufReader::new(stdout).lines();
-        let first_line = match lines.next() {
-            Some(Ok(line)) => line,
-            other => {
-                let _ = child.kill();
-                panic!("process printed no first line: {other:?}");
+        let mut head = Vec::new();
+        loop {
+            match lines.next() {
+                Some(Ok(line)) => {
+                    let done = line.contains(marker);
+                    head.push(line);
+                    if done {
+                        break;
+                    }
+                }
+                other => {
+                    let _ = child.kill();
+                    panic!("process ended before printing {marker:?}: {other:?}; printed {head:?}");
+                }
             }
-        };
+        }
         // Keep draining stdout so the process never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
-        Self { child, first_line }
+        Self {
+            child,
+            first_line: head[0].clone(),
+            head,
+        }
     }
 
     /// The first word of the first line that starts with `prefix`.

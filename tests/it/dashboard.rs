@@ -68,6 +68,7 @@ async fn scene() -> Scene {
         stats,
         client: viewer,
         store: Some(store),
+        notices: vec!["the public relay is unreachable: running on the embedded relay".into()],
     });
     let web = web::serve("127.0.0.1:0".parse().expect("addr"), state)
         .await
@@ -187,6 +188,11 @@ async fn api_pages_and_metrics_describe_the_live_market() {
         .await
         .expect("html");
     assert!(page.contains("id=\"online_nodes\"") && page.contains("/assets/app.js"));
+    assert!(page.contains("class=\"notice\"") && page.contains("running on the embedded relay"));
+    assert_eq!(
+        s["notices"][0],
+        "the public relay is unreachable: running on the embedded relay"
+    );
     assert!(!page.contains("http://") || !page.contains("cdn"), "no CDN");
     let job_page = reqwest::get(format!("{base}/job/{}", ids[0]))
         .await

@@ -1,5 +1,6 @@
 //! Integration tests: the real binary, the real embedded relay, real sockets on loopback.
 
+mod appliance;
 mod cli_identity;
 mod common;
 mod dashboard;

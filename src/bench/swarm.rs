@@ -1,0 +1,169 @@
+//! `pylon bench swarm`: what an in-process provider costs — resident memory per idle node and per
+//! busy node, and the time to start 30 and 300 of them — against the process before the nodes.
+//! Target (issue 8): ≤ 2 MiB per idle node.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nostr_sdk::Keys;
+use serde::Serialize;
+
+use super::market::bench_node_options;
+use super::relay::bench_relay_settings;
+use super::wallet::BenchError;
+use super::{round3, Latency};
+use crate::appliance::swarm::{resident_bytes, Swarm, SwarmOptions};
+use crate::appliance::{open_hub_settings, Appliance};
+use crate::buyer::WaitOptions;
+use crate::executors::Registry;
+use crate::protocol::nip90::{JobInput, NewJob};
+use crate::store::JobState;
+
+/// One swarm size.
+#[derive(Debug, Clone, Serialize)]
+pub struct SizeRun {
+    /// Nodes.
+    pub providers: usize,
+    /// Seconds from nothing to all announced, funded and subscribed.
+    pub start_secs: f64,
+    /// Resident growth per node once all are idle, MiB.
+    pub per_idle_node_mib: f64,
+    /// Per node while every node serves jobs: the idle share plus the peak growth, MiB.
+    pub per_busy_node_mib: f64,
+    /// Jobs served in the busy phase.
+    pub busy_jobs: usize,
+    /// Their submit → receipt latency.
+    pub busy_latency_ms: Latency,
+    /// Every busy-phase job done, paid and receipted.
+    pub all_done: bool,
+}
+
+/// The report.
+#[derive(Debug, Clone, Serialize)]
+pub struct SwarmBench {
+    /// Resident memory before any node (relay, hub, buyer), MiB.
+    pub baseline_mib: f64,
+    /// One run per size.
+    pub runs: Vec<SizeRun>,
+    /// The idle-memory target, MiB per node.
+    pub target_idle_mib: f64,
+    /// Whether every size met it.
+    pub target_met: bool,
+    /// Seconds from `docker compose up` to the first paid job (only with `--compose`).
+    pub compose_to_first_paid_job_secs: Option<f64>,
+}
+
+/// Runs the benchmark for each of `sizes`, with `jobs_per_node` jobs per node in the busy phase.
+pub async fn run(
+    sizes: &[usize],
+    jobs_per_node: usize,
+    progress: impl Fn(&str),
+) -> Result<SwarmBench, BenchError> {
+    let err = |e: &dyn std::fmt::Display| BenchError(e.to_string());
+    let market = Appliance::start(&bench_relay_settings(), None, None, open_hub_settings())
+        .await
+        .map_err(|e| err(&e))?;
+    let (buyer, _) = market
+        .funded_buyer(&Keys::generate(), 1_000_000_000)
+        .await
+        .map_err(|e| err(&e))?;
+    let hub = market.hub_keys.public_key();
+    let baseline = resident_bytes().unwrap_or(0);
+    let mut runs = Vec::new();
+    for &n in sizes {
+        progress(&format!("starting {n} providers"));
+        let before = resident_bytes().unwrap_or(0);
+        let options = SwarmOptions {
+            providers: n,
+            node: bench_node_options(),
+            registry: Registry::builtin(),
+            fund_sats: 10,
+        };
+        let swarm = Swarm::start(
+            std::slice::from_ref(&market.url),
+            hub,
+            None,
+            &options,
+            |_| {},
+        )
+        .await
+        .map_err(|e| err(&e))?;
+        // Let the start-up's transient buffers settle before reading the idle figure.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let idle = resident_bytes().unwrap_or(0);
+
+        progress(&format!(
+            "{} jobs across the {n} providers",
+            n * jobs_per_node
+        ));
+        let peak = Arc::new(AtomicU64::new(idle));
+        let sampling = Arc::new(AtomicBool::new(true));
+        let sampler = tokio::spawn({
+            let (peak, sampling) = (peak.clone(), sampling.clone());
+            async move {
+                while sampling.load(Ordering::SeqCst) {
+                    peak.fetch_max(resident_bytes().unwrap_or(0), Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        });
+        let wait = WaitOptions {
+            timeout: Duration::from_secs(120),
+            auto_pay: true,
+            max_msats: None,
+        };
+        let tasks: Vec<_> = (0..n * jobs_per_node)
+            .map(|i| {
+                let buyer = buyer.clone();
+                let job = NewJob {
+                    kind: crate::protocol::kinds::CODE_ANALYSIS,
+                    inputs: vec![JobInput::text(format!("pub fn swarm_{n}_{i}() {{}}\n"))],
+                    params: vec![("path".into(), format!("swarm/{n}/{i}.rs"))],
+                    bid_msats: Some(10_000),
+                    providers: vec![swarm.keys[i % n]],
+                    ..Default::default()
+                };
+                tokio::spawn(async move {
+                    let t = Instant::now();
+                    let ok =
+                        matches!(buyer.run(&job, wait).await, Ok(o) if o.status == JobState::Done);
+                    (t.elapsed(), ok)
+                })
+            })
+            .collect();
+        let mut latencies = Vec::new();
+        let mut all_done = true;
+        for t in tasks {
+            let (took, ok) = t.await.map_err(|e| err(&e))?;
+            latencies.push(took);
+            all_done &= ok;
+        }
+        sampling.store(false, Ordering::SeqCst);
+        let _ = sampler.await;
+        let mib = |b: f64| round3(b / (1024.0 * 1024.0));
+        let per_idle = idle.saturating_sub(before) as f64 / n.max(1) as f64;
+        let growth = peak.load(Ordering::SeqCst).saturating_sub(idle) as f64 / n.max(1) as f64;
+        runs.push(SizeRun {
+            providers: n,
+            start_secs: round3(swarm.start_secs),
+            per_idle_node_mib: mib(per_idle),
+            per_busy_node_mib: mib(per_idle + growth),
+            busy_jobs: latencies.len(),
+            busy_latency_ms: Latency::of(&latencies),
+            all_done,
+        });
+        progress(&format!("stopping {n} providers"));
+        swarm.stop().await;
+    }
+    drop(buyer);
+    market.stop().await;
+    let target_idle_mib = 2.0;
+    Ok(SwarmBench {
+        baseline_mib: round3(baseline as f64 / (1024.0 * 1024.0)),
+        target_met: runs.iter().all(|r| r.per_idle_node_mib <= target_idle_mib),
+        runs,
+        target_idle_mib,
+        compose_to_first_paid_job_secs: None,
+    })
+}
