@@ -60,3 +60,6 @@ cargo clippy --locked --all-targets -- -D warnings
 
 echo "==> cargo test"
 cargo test --locked --all-targets
+
+echo "==> stage compose: the 30-node Docker Compose swarm end to end"
+./scripts/compose-e2e.sh

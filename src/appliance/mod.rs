@@ -193,14 +193,21 @@ impl Appliance {
         registry: Registry,
         options: &NodeOptions,
     ) -> Result<(), ApplianceError> {
-        let wallet = self.wallet(wallet_client).await?;
+        let relay = Arc::new(connect_node(keys, &self.url).await?);
+        let wallet = NwcWallet::connect_on(
+            relay.clone(),
+            &self.wallet_uri(wallet_client),
+            Default::default(),
+        )
+        .await
+        .map_err(err)?;
         let options = NodeOptions {
             name: format!("pylon-{}", &keys.public_key().to_hex()[..8]),
             ..options.clone()
         };
         let node = Node::start(
             keys.clone(),
-            Arc::new(connect_node(keys, &self.url).await?),
+            relay,
             Arc::new(wallet),
             store,
             registry,

@@ -121,7 +121,18 @@ async fn start_one(
         wallet_client.secret_key().clone(),
         None,
     );
-    let wallet = NwcWallet::connect(&uri, NwcOptions::default())
+    let relay = Arc::new(
+        MarketClient::connect_buffered(
+            keys.clone(),
+            relays,
+            Duration::from_secs(5),
+            Reachability::OneShot,
+            crate::relay::client::NODE_NOTIFICATION_BUFFER,
+        )
+        .await
+        .map_err(err)?,
+    );
+    let wallet = NwcWallet::connect_on(relay.clone(), &uri, NwcOptions::default())
         .await
         .map_err(err)?;
     if options.fund_sats > 0 {
@@ -130,22 +141,13 @@ async fn start_one(
             .await
             .map_err(err)?;
     }
-    let relay = MarketClient::connect_buffered(
-        keys.clone(),
-        relays,
-        Duration::from_secs(5),
-        Reachability::OneShot,
-        crate::relay::client::NODE_NOTIFICATION_BUFFER,
-    )
-    .await
-    .map_err(err)?;
     let node_options = NodeOptions {
         name: format!("swarm-{}", &keys.public_key().to_hex()[..8]),
         ..options.node.clone()
     };
     Node::start(
         keys,
-        Arc::new(relay),
+        relay,
         Arc::new(wallet),
         Arc::new(Store::open(dir).map_err(err)?),
         options.registry.clone(),

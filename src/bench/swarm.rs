@@ -167,3 +167,62 @@ pub async fn run(
         compose_to_first_paid_job_secs: None,
     })
 }
+
+/// Runs `docker compose up` on `file` (images must exist: set `PYLON_IMAGE`, or build first) and
+/// measures the seconds until the dashboard shows the first settled sat; then takes it down.
+pub async fn compose_to_first_paid_job(
+    file: &std::path::Path,
+    progress: impl Fn(&str),
+) -> Result<f64, BenchError> {
+    let port = std::net::TcpListener::bind(("127.0.0.1", 0))
+        .and_then(|l| l.local_addr())
+        .map_err(|e| BenchError(e.to_string()))?
+        .port();
+    let project = format!("pylon-bench-{}", std::process::id());
+    let compose = |args: &[&str]| {
+        let mut cmd = std::process::Command::new("docker-compose");
+        cmd.args(["-p", &project, "-f"]).arg(file).args(args);
+        cmd.env("PYLON_WEB_PORT", port.to_string());
+        cmd.stdout(std::process::Stdio::null());
+        cmd.stderr(std::process::Stdio::null());
+        cmd
+    };
+    progress(&format!("docker-compose up ({})", file.display()));
+    let started = Instant::now();
+    let up = compose(&["up", "-d", "--no-build"])
+        .status()
+        .map_err(|e| BenchError(format!("cannot run docker-compose: {e}")))?;
+    let result = async {
+        if !up.success() {
+            return Err(BenchError(format!(
+                "docker-compose up failed ({up}); build the images first (scripts/docker-local.sh \
+                 and PYLON_IMAGE=pylon:local, or `docker compose build`)"
+            )));
+        }
+        let url = format!("http://127.0.0.1:{port}/api/stats");
+        let deadline = Instant::now() + Duration::from_secs(600);
+        loop {
+            if let Ok(r) = reqwest::get(&url).await {
+                if let Ok(v) = r.json::<serde_json::Value>().await {
+                    if v["windows"]["last_day"]["sats_settled"]
+                        .as_u64()
+                        .unwrap_or(0)
+                        > 0
+                    {
+                        return Ok(round3(started.elapsed().as_secs_f64()));
+                    }
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(BenchError(
+                    "no paid job within 10 minutes of compose up".into(),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+    .await;
+    progress("docker-compose down");
+    let _ = compose(&["down", "-v", "--remove-orphans"]).status();
+    result
+}

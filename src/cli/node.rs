@@ -21,7 +21,8 @@ use crate::wallet::{resolve, Wallet};
 pub(crate) enum NodeCommand {
     /// Run a provider in the foreground: announce, take jobs, get paid (Ctrl-C stops it gracefully)
     Up(UpArgs),
-    /// Show the running node: relays, uptime, queue, jobs served and failed, earnings
+    /// Show the running node: relays, uptime, queue, jobs served and failed, earnings (exit
+    /// status 1 when none runs, so it serves as a health check)
     Status(JsonFlag),
     /// Stop the running node gracefully: it finishes or releases its jobs, then exits
     Down(DownArgs),
@@ -304,9 +305,14 @@ fn status(ctx: &Context, flags: JsonFlag) -> anyhow::Result<ExitCode> {
     let path = ctx.home.node_status_file();
     let status = read_status(&path);
     let running = status.as_ref().is_some_and(|s| alive(s.pid));
+    let code = if running {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    };
     if flags.json {
         output::print_json(&serde_json::json!({ "running": running, "node": status }))?;
-        return Ok(ExitCode::SUCCESS);
+        return Ok(code);
     }
     match status {
         Some(s) if running => {
@@ -340,7 +346,7 @@ fn status(ctx: &Context, flags: JsonFlag) -> anyhow::Result<ExitCode> {
         }
         _ => println!("no node running from {}", ctx.home.root().display()),
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(code)
 }
 
 async fn down(ctx: &Context, args: DownArgs) -> anyhow::Result<ExitCode> {

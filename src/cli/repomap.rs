@@ -53,6 +53,12 @@ pub(crate) struct RepomapArgs {
     /// Run the analyzer in this process instead of the market (the baseline)
     #[arg(long)]
     local: bool,
+    /// Wait (up to --wait-secs) until this many providers are online before starting
+    #[arg(long, default_value_t = 1)]
+    min_providers: usize,
+    /// Longest wait for --min-providers, in seconds
+    #[arg(long, default_value_t = 120)]
+    wait_secs: u64,
     /// Print the report as JSON
     #[arg(long)]
     json: bool,
@@ -171,10 +177,45 @@ async fn market(
         providers,
         ..Options::default()
     };
+    wait_for_providers(&relay, args, &options.providers).await?;
     let bar = Bar::new();
     let result = fanout::map_market(files, buyer, &relay, &options, |p| bar.show(p)).await;
     bar.finish();
     Ok(result?)
+}
+
+/// Waits until `--min-providers` sell code analysis within the price (a swarm may still be
+/// starting when the map is asked for).
+async fn wait_for_providers(
+    relay: &MarketClient,
+    args: &RepomapArgs,
+    only: &[PublicKey],
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(args.wait_secs);
+    let mut said = 0;
+    loop {
+        let online = fanout::select::discover(relay, args.max_price_msats, only)
+            .await?
+            .len();
+        if online >= args.min_providers {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "only {online} of the {} providers asked for (--min-providers) came online within {} s",
+                args.min_providers,
+                args.wait_secs
+            );
+        }
+        if online != said {
+            eprintln!(
+                "waiting for providers: {online}/{} online",
+                args.min_providers
+            );
+            said = online;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 /// A git URL is cloned (shallow) into a temporary directory that lives as long as the run.

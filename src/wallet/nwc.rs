@@ -54,7 +54,7 @@ pub struct NwcWallet {
 }
 
 struct Inner {
-    relay: MarketClient,
+    relay: Arc<MarketClient>,
     keys: Keys,
     wallet: PublicKey,
     encryption: Encryption,
@@ -80,6 +80,18 @@ impl NwcWallet {
             crate::relay::client::WALLET_NOTIFICATION_BUFFER,
         )
         .await?;
+        Self::connect_on(Arc::new(relay), uri, options).await
+    }
+
+    /// Like [`connect`](Self::connect), over an existing connection that reaches the wallet
+    /// service (its relay list in `uri` is not used): a provider node and its wallet share one
+    /// socket, which matters when one process runs hundreds of nodes.
+    pub async fn connect_on(
+        relay: Arc<MarketClient>,
+        uri: &NostrWalletConnectURI,
+        options: NwcOptions,
+    ) -> Result<Self, WalletError> {
+        let keys = Keys::new(uri.secret.clone());
         let info = relay
             .fetch(
                 Filter::new()
@@ -110,7 +122,8 @@ impl NwcWallet {
             .subscribe(filter, None)
             .await
             .map_err(crate::relay::client::ClientError::from)?;
-        let (notify, _) = broadcast::channel(1024);
+        // Readers poll as well, so a short buffer is enough (each slot is allocated up front).
+        let (notify, _) = broadcast::channel(128);
         let inner = Arc::new(Inner {
             relay,
             keys,
@@ -172,7 +185,10 @@ impl NwcWallet {
         // Wait for the listener to let go of its handle, so the relay connection closes cleanly.
         let _ = self.listener.await;
         if let Ok(inner) = Arc::try_unwrap(self.inner) {
-            inner.relay.shutdown().await;
+            // A shared connection stays up for its other users.
+            if let Ok(relay) = Arc::try_unwrap(inner.relay) {
+                relay.shutdown().await;
+            }
         }
     }
 }

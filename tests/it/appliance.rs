@@ -337,3 +337,37 @@ async fn swarm_runs_funded_nodes_on_an_up_market_and_reports_memory() {
     let a: Value = serde_json::from_str(&stdout(&audit)).expect("json");
     assert_eq!(a["total_issued_msat"], 35_000, "{a}");
 }
+
+#[test]
+fn bench_swarm_prints_memory_and_start_times_as_json() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = pylon(dir.path())
+        .args([
+            "bench",
+            "swarm",
+            "--providers",
+            "3,6",
+            "--jobs-per-node",
+            "2",
+            "--json",
+        ])
+        .output()
+        .expect("spawn");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: Value = serde_json::from_str(&stdout(&out)).expect("json");
+    let runs = v["runs"].as_array().expect("runs");
+    assert_eq!(runs.len(), 2);
+    for (run, n) in runs.iter().zip([3, 6]) {
+        assert_eq!(run["providers"], n);
+        assert_eq!(run["busy_jobs"], 2 * n);
+        assert_eq!(run["all_done"], true, "{run}");
+        let idle = run["per_idle_node_mib"].as_f64().expect("idle");
+        assert!(
+            idle > 0.0 && run["per_busy_node_mib"].as_f64().expect("busy") >= idle,
+            "{run}"
+        );
+        assert!(run["start_secs"].as_f64().expect("start") > 0.0);
+    }
+    assert_eq!(v["target_idle_mib"], 2.0);
+    assert_eq!(v["compose_to_first_paid_job_secs"], Value::Null);
+}

@@ -552,6 +552,7 @@ fn cli_buyer_flow_and_trace_from_a_fresh_home() {
     let status = node.child.wait().expect("wait");
     assert!(status.success(), "graceful exit");
     let out = run(&provider.path, &["node", "status", "--json"]);
+    assert!(!out.status.success(), "no node: a failing health check");
     let st: Value = serde_json::from_str(&stdout(&out)).expect("json");
     assert_eq!(st["running"], false);
     drop(m);
