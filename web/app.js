@@ -28,6 +28,8 @@
     $("sats_settled").textContent = s.windows.last_day.sats_settled;
     $("sats_requested").textContent = s.windows.last_day.sats_requested;
     $("completed_day").textContent = s.windows.last_day.completed;
+    const failures = Object.entries(s.failures).sort((a, b) => b[1] - a[1]);
+    $("failures").innerHTML = failures.length ? failures.map(([c, n]) => esc(c) + " " + n).join("<br>") : "none";
     if (s.personal && $("earned")) {
       $("earned").textContent = Math.floor(s.personal.earned_msat / 1000);
       $("spent").textContent = Math.floor(s.personal.spent_msat / 1000);

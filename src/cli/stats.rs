@@ -167,7 +167,21 @@ fn headline(s: &Snapshot) -> Vec<(String, String)> {
                 s.windows.last_day.sats_settled, s.windows.last_day.sats_requested
             ),
         ),
+        ("failures (24h)".into(), failures(s)),
     ]
+}
+
+/// Failures by code, busiest first: the reasons matter more than the count.
+fn failures(s: &Snapshot) -> String {
+    if s.failures.is_empty() {
+        return "none".into();
+    }
+    let mut by: Vec<(&String, &u64)> = s.failures.iter().collect();
+    by.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+    by.iter()
+        .map(|(code, n)| format!("{code} {n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn print_plain(s: &Snapshot) {

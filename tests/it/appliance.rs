@@ -112,6 +112,33 @@ async fn churn_kills_thirty_percent_and_the_map_still_completes() {
         s["failures"]["provider-offline"].as_u64().unwrap_or(0) >= 1,
         "{s}"
     );
+    let relay = url.clone();
+    let home = tempfile::tempdir().expect("home");
+    let text = tokio::task::spawn_blocking(move || {
+        pylon(home.path())
+            .args(["--relay", &relay, "stats"])
+            .output()
+            .expect("spawn")
+    })
+    .await
+    .expect("join");
+    let line = stdout(&text)
+        .lines()
+        .find(|l| l.starts_with("failures (24h)"))
+        .map(str::to_string)
+        .unwrap_or_else(|| panic!("no failures line in {}", stdout(&text)));
+    assert!(line.contains("provider-offline"), "{line}");
+    let page = reqwest::get(format!("{}/", demo.dashboard))
+        .await
+        .expect("GET")
+        .text()
+        .await
+        .expect("html");
+    let card = page.split("id=\"failures\"").nth(1).expect("failures card");
+    assert!(
+        card[..200.min(card.len())].contains("provider-offline"),
+        "{card}"
+    );
     // So does the dashboard, per provider.
     let providers = get_json(&format!("{}/api/providers", demo.dashboard)).await;
     let dead = providers
@@ -370,4 +397,57 @@ fn bench_swarm_prints_memory_and_start_times_as_json() {
     }
     assert_eq!(v["target_idle_mib"], 2.0);
     assert_eq!(v["compose_to_first_paid_job_secs"], Value::Null);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_keep_leaves_the_dashboard_up_until_ctrl_c() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cmd = pylon(dir.path());
+    cmd.args([
+        "demo",
+        "--sample-only",
+        "--keep",
+        "--web",
+        "127.0.0.1:0",
+        "--out",
+    ])
+    .arg(dir.path().join("out"));
+    let demo = Spawned::start_until(&mut cmd, "launch bar");
+    let dashboard = demo
+        .head
+        .iter()
+        .find_map(|l| l.split("(dashboard: ").nth(1))
+        .map(|rest| rest.trim_end_matches(')').to_string())
+        .unwrap_or_else(|| panic!("no dashboard in {:?}", demo.head));
+    // The run is over, the market and its dashboard are still there.
+    let s = get_json(&format!("{dashboard}/api/stats")).await;
+    assert_eq!(s["windows"]["last_day"]["completed"], 200, "{s}");
+    assert_eq!(s["online_nodes"], 30, "{s}");
+    assert!(demo.signal("INT").success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_runs_on_a_reachable_public_relay() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Another process's relay stands in for the public one.
+    let public = crate::common::RelayProcess::start(dir.path(), &dir.path().join("public"));
+    let (up, relay, dashboard) = start_up(
+        &dir.path().join("operator"),
+        &["--public-relay", &public.url, "--providers", "2"],
+    );
+    assert_eq!(
+        relay.trim_end_matches('/'),
+        public.url.trim_end_matches('/')
+    );
+    assert!(
+        !up.head
+            .iter()
+            .any(|l| l.contains("(embedded)") || l.contains("notice:")),
+        "{:?}",
+        up.head
+    );
+    let s = stats_until(&dashboard, |s| s["online_nodes"] == 2).await;
+    assert!(s.get("notices").is_none(), "{s}");
+    assert!(up.signal("TERM").success());
+    assert!(public.terminate().success());
 }
