@@ -5,7 +5,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bitcoin::hashes::{sha256, Hash};
-use bitcoin::secp256k1::{Secp256k1, SecretKey};
+use bitcoin::secp256k1::{All, Secp256k1, SecretKey};
 use lightning_invoice::{
     Bolt11Invoice, Bolt11InvoiceDescriptionRef, Currency, Description, InvoiceBuilder,
     PaymentSecret,
@@ -109,8 +109,11 @@ pub fn create(
             )
         }
     };
-    let secp = Secp256k1::new();
+    let secp = signing_context();
+    // The explicit payee key (`n`) lets every reader verify the signature against it instead of
+    // recovering the key from the signature: the same check for a fraction of the work.
     let invoice = builder
+        .payee_pub_key(node_key.public_key(secp))
         .payment_hash(payment_hash)
         .payment_secret(secret)
         .timestamp(now)
@@ -129,6 +132,12 @@ pub fn create(
         created_at,
         expires_at: created_at + expiry_secs,
     })
+}
+
+/// One signing context for the process: building one costs more than signing with it.
+fn signing_context() -> &'static Secp256k1<All> {
+    static CONTEXT: std::sync::OnceLock<Secp256k1<All>> = std::sync::OnceLock::new();
+    CONTEXT.get_or_init(Secp256k1::new)
 }
 
 /// The facts of a decoded invoice.
@@ -241,6 +250,42 @@ mod tests {
             decode(&odd.bolt11).expect("decode").amount_msat,
             Some(1_234)
         );
+    }
+
+    #[test]
+    fn the_payee_key_is_explicit_and_must_match_the_signature() {
+        let secp = Secp256k1::new();
+        let payee = PublicKey::from_secret_key(&secp, &key());
+        let build = |n: Option<PublicKey>, signer: &SecretKey| {
+            let b = InvoiceBuilder::new(Currency::Regtest)
+                .description("x".into())
+                .payment_hash(sha256::Hash::hash(b"p"))
+                .payment_secret(PaymentSecret([1; 32]))
+                .current_timestamp()
+                .min_final_cltv_expiry_delta(144)
+                .amount_milli_satoshis(1000);
+            let b = match n {
+                Some(pk) => b.payee_pub_key(pk),
+                None => b,
+            };
+            b.build_raw()
+                .expect("raw")
+                .sign::<_, ()>(|m| Ok(secp.sign_ecdsa_recoverable(m, signer)))
+                .expect("sign")
+                .to_string()
+        };
+        // Ours carry `n`, and it is the hub's key.
+        let ours = create(&key(), 1000, &Purpose::Description("x".into()), 60).expect("create");
+        assert_eq!(
+            decode(&ours.bolt11).expect("decode").payee,
+            payee.to_string()
+        );
+        // An invoice without `n` (as many wallets write them) still decodes, by key recovery.
+        let keyless = build(None, &key());
+        assert_eq!(decode(&keyless).expect("decode").payee, payee.to_string());
+        // One that names the hub but was signed by someone else is refused.
+        let other = SecretKey::from_slice(&[9u8; 32]).expect("key");
+        assert!(decode(&build(Some(payee), &other)).is_err());
     }
 
     #[test]

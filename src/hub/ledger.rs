@@ -152,11 +152,8 @@ impl Ledger {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let stored: Option<String> = tx
-            .query_row(
-                "SELECT response FROM requests WHERE request_id = ?1",
-                [request_id],
-                |r| r.get(0),
-            )
+            .prepare_cached("SELECT response FROM requests WHERE request_id = ?1")?
+            .query_row([request_id], |r| r.get(0))
             .optional()?;
         if let Some(json) = stored {
             let response =
@@ -180,7 +177,8 @@ impl Ledger {
         };
         let json =
             serde_json::to_string(&response).map_err(|e| LedgerError::Stored(e.to_string()))?;
-        tx.execute(
+        exec(
+            &tx,
             "INSERT INTO requests (request_id, client, method, response, created_at)
              VALUES (?1, ?2, ?3, ?4, ?5)",
             params![request_id, client, method, json, now as i64],
@@ -270,10 +268,17 @@ impl Ledger {
     }
 }
 
+/// Runs one write through the connection's statement cache: the ledger's statements are few and
+/// run on every payment, so parsing them once matters.
+fn exec(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> rusqlite::Result<usize> {
+    conn.prepare_cached(sql)?.execute(params)
+}
+
 /// Inserts a new invoice for `payee` (creating the account).
 pub fn insert_invoice(conn: &Connection, payee: &str, inv: &NewInvoice) -> Result<(), ErrorBody> {
     ensure_account(conn, payee, inv.created_at).map_err(internal)?;
-    conn.execute(
+    exec(
+        conn,
         "INSERT INTO invoices (payment_hash, payee, bolt11, preimage, amount_msat, description,
                                description_hash, created_at, expires_at, state)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'unpaid')",
@@ -344,35 +349,37 @@ pub fn pay(
         ));
     }
     // The writes. Each is guarded so a concurrent change can only make it fail, never overdraw.
-    let debited = conn
-        .execute(
-            "UPDATE accounts SET balance_msat = balance_msat - ?2
+    let debited = exec(
+        conn,
+        "UPDATE accounts SET balance_msat = balance_msat - ?2
              WHERE pubkey = ?1 AND balance_msat >= ?2",
-            params![payer, amount as i64],
-        )
-        .map_err(internal)?;
+        params![payer, amount as i64],
+    )
+    .map_err(internal)?;
     if debited != 1 {
         return Err(ErrorBody::new(
             ErrorCode::InsufficientBalance,
             "balance changed; retry",
         ));
     }
-    conn.execute(
+    exec(
+        conn,
         "UPDATE accounts SET balance_msat = balance_msat + ?2 WHERE pubkey = ?1",
         params![row.payee, amount as i64],
     )
     .map_err(internal)?;
-    let settled = conn
-        .execute(
-            "UPDATE invoices SET state = 'settled', settled_at = ?2, payer = ?3
+    let settled = exec(
+        conn,
+        "UPDATE invoices SET state = 'settled', settled_at = ?2, payer = ?3
              WHERE payment_hash = ?1 AND state = 'unpaid'",
-            params![row.payment_hash, now as i64, payer],
-        )
-        .map_err(internal)?;
+        params![row.payment_hash, now as i64, payer],
+    )
+    .map_err(internal)?;
     if settled != 1 {
         return Err(failed("invoice is already paid"));
     }
-    conn.execute(
+    exec(
+        conn,
         "INSERT INTO transfers (payment_hash, payer, payee, amount_msat, created_at)
          VALUES (?1, ?2, ?3, ?4, ?5)",
         params![
@@ -435,12 +442,16 @@ pub fn faucet(
         ));
     }
     let (count_minute, sum_day): (i64, i64) = conn
-        .query_row(
+        .prepare_cached(
             "SELECT COALESCE(SUM(created_at > ?2), 0), COALESCE(SUM(amount_msat), 0)
              FROM issuance WHERE requested_by = ?1 AND created_at > ?3",
-            params![requester, now as i64 - 60, now as i64 - 86_400],
-            |r| Ok((r.get(0)?, r.get(1)?)),
         )
+        .and_then(|mut s| {
+            s.query_row(
+                params![requester, now as i64 - 60, now as i64 - 86_400],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+        })
         .map_err(internal)?;
     if count_minute >= i64::from(limits.max_requests_per_minute) {
         return Err(ErrorBody::new(
@@ -462,12 +473,13 @@ pub fn faucet(
         ));
     }
     ensure_account(conn, faucet_account, now).map_err(internal)?;
-    conn.execute(
+    exec(conn,
         "INSERT INTO issuance (account, amount_msat, requested_by, created_at) VALUES (?1, ?2, ?3, ?4)",
         params![faucet_account, amount as i64, requester, now as i64],
     )
     .map_err(internal)?;
-    conn.execute(
+    exec(
+        conn,
         "UPDATE accounts SET balance_msat = balance_msat + ?2 WHERE pubkey = ?1",
         params![faucet_account, amount as i64],
     )

@@ -6,8 +6,14 @@
 //! clients, NIP-04 (no tag). A response always uses the scheme of its request. Notifications go
 //! out twice: kind 23197 with NIP-44 and the legacy kind 23196 with NIP-04.
 
+use std::collections::HashMap;
 use std::fmt;
+use std::sync::{Mutex, OnceLock};
 
+use nostr_sdk::base64::engine::general_purpose::STANDARD as BASE64;
+use nostr_sdk::base64::Engine;
+
+use nostr_sdk::nips::nip44::v2::ConversationKey;
 use nostr_sdk::nips::{nip04, nip44};
 use nostr_sdk::{Event, EventBuilder, EventId, Keys, PublicKey, Tag, TagKind, Timestamp};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -93,8 +99,11 @@ impl Encryption {
         plaintext: &str,
     ) -> Result<String, Nip47Error> {
         let result = match self {
-            Self::Nip44V2 => nip44::encrypt(keys.secret_key(), peer, plaintext, nip44::Version::V2)
-                .map_err(|e| e.to_string()),
+            Self::Nip44V2 => conversation_key(keys, peer).and_then(|key| {
+                nip44::v2::encrypt_to_bytes(&key, plaintext.as_bytes())
+                    .map(|bytes| BASE64.encode(bytes))
+                    .map_err(|e| e.to_string())
+            }),
             Self::Nip04 => {
                 nip04::encrypt(keys.secret_key(), peer, plaintext).map_err(|e| e.to_string())
             }
@@ -110,15 +119,45 @@ impl Encryption {
         ciphertext: &str,
     ) -> Result<String, Nip47Error> {
         let result = match self {
-            Self::Nip44V2 => {
-                nip44::decrypt(keys.secret_key(), peer, ciphertext).map_err(|e| e.to_string())
-            }
+            Self::Nip44V2 => conversation_key(keys, peer).and_then(|key| {
+                let payload = BASE64
+                    .decode(ciphertext.trim())
+                    .map_err(|e| format!("not base64: {e}"))?;
+                if payload.first() != Some(&2) {
+                    return Err("not a NIP-44 version 2 payload".to_string());
+                }
+                let bytes =
+                    nip44::v2::decrypt_to_bytes(&key, &payload).map_err(|e| e.to_string())?;
+                String::from_utf8(bytes).map_err(|_| "plaintext is not UTF-8".to_string())
+            }),
             Self::Nip04 => {
                 nip04::decrypt(keys.secret_key(), peer, ciphertext).map_err(|e| e.to_string())
             }
         };
         result.map_err(|e| Nip47Error::Crypto("decrypt", e))
     }
+}
+
+/// The NIP-44 conversation key between `keys` and `peer`, derived once per pair: the derivation is
+/// an ECDH, and a wallet and its clients exchange many messages over the same few pairs. The cache
+/// is bounded; when full it starts over.
+fn conversation_key(keys: &Keys, peer: &PublicKey) -> Result<ConversationKey, String> {
+    const CAPACITY: usize = 4096;
+    type Cache = HashMap<(PublicKey, PublicKey), ConversationKey>;
+    static CACHE: OnceLock<Mutex<Cache>> = OnceLock::new();
+    let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
+    let pair = (keys.public_key(), *peer);
+    if let Some(key) = cache.lock().ok().and_then(|c| c.get(&pair).copied()) {
+        return Ok(key);
+    }
+    let key = ConversationKey::derive(keys.secret_key(), peer).map_err(|e| e.to_string())?;
+    if let Ok(mut c) = cache.lock() {
+        if c.len() >= CAPACITY {
+            c.clear();
+        }
+        c.insert(pair, key);
+    }
+    Ok(key)
 }
 
 /// NIP-47 error codes. Codes from other wallets that we do not know are kept as text.
@@ -866,6 +905,55 @@ mod tests {
         assert!(Encryption::Nip04
             .decrypt(&wallet, &client.public_key(), "garbage?iv=zz")
             .is_err());
+    }
+
+    #[test]
+    fn nip44_with_cached_keys_matches_the_reference_implementation() {
+        let (a, b) = (Keys::generate(), Keys::generate());
+        for round in 0..3 {
+            let text = format!("{{\"method\":\"get_balance\",\"round\":{round}}}");
+            let ours = Encryption::Nip44V2
+                .encrypt(&a, &b.public_key(), &text)
+                .expect("encrypt");
+            let theirs = nip44::decrypt(b.secret_key(), &a.public_key(), &ours).expect("decrypt");
+            assert_eq!(theirs, text);
+            let back = nip44::encrypt(b.secret_key(), &a.public_key(), &text, nip44::Version::V2)
+                .expect("encrypt");
+            assert_eq!(
+                Encryption::Nip44V2
+                    .decrypt(&a, &b.public_key(), &back)
+                    .expect("decrypt"),
+                text
+            );
+        }
+        // A third party holds a different conversation key: the cache must not leak across pairs.
+        let c = Keys::generate();
+        let to_b = Encryption::Nip44V2
+            .encrypt(&a, &b.public_key(), "secret")
+            .expect("encrypt");
+        assert!(Encryption::Nip44V2
+            .decrypt(&c, &a.public_key(), &to_b)
+            .is_err());
+        // Garbage, another version byte, and a tampered MAC are errors, not panics.
+        let mut tampered = BASE64.decode(&to_b).expect("base64");
+        let last = tampered.len() - 1;
+        tampered[last] ^= 1;
+        let mut v1 = BASE64.decode(&to_b).expect("base64");
+        v1[0] = 1;
+        for bad in [
+            "".to_string(),
+            "#not base64".to_string(),
+            BASE64.encode([2u8; 10]),
+            BASE64.encode(v1),
+            BASE64.encode(tampered),
+        ] {
+            assert!(
+                Encryption::Nip44V2
+                    .decrypt(&b, &a.public_key(), &bad)
+                    .is_err(),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

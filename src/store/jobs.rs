@@ -265,10 +265,11 @@ impl Jobs {
         role: Role,
         request_json: &str,
     ) -> Result<bool, StoreError> {
-        let n = self.conn.execute(
+        let n = self.conn.prepare_cached(
             "INSERT OR IGNORE INTO jobs (job_id, role, kind, buyer, provider, state, bid_msat, bytes_in,
                                          submitted_at, picked_up_at, request_json)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+        )?.execute(
             params![
                 rec.job_id,
                 role.as_str(),
@@ -286,56 +287,64 @@ impl Jobs {
         Ok(n == 1)
     }
 
-    /// Applies updates to one job.
+    /// Applies updates to one job in one statement, so they land together or not at all.
     pub fn update(&self, job_id: &str, role: Role, sets: &[Set]) -> Result<(), StoreError> {
-        for set in sets {
-            let (sql, values): (&str, Vec<rusqlite::types::Value>) = match set {
-                Set::State(s) => ("state = ?3", vec![s.as_str().to_string().into()]),
-                Set::Provider(p) => ("provider = ?3", vec![p.clone().into()]),
-                Set::Invoice(amount, bolt11, hash, expires) => (
-                    "amount_msat = ?3, bolt11 = ?4, payment_hash = ?5, invoice_expires_at = ?6",
-                    vec![
-                        (*amount as i64).into(),
-                        bolt11.clone().into(),
-                        hash.clone().into(),
-                        (*expires as i64).into(),
-                    ],
-                ),
-                Set::Preimage(p) => ("preimage = ?3", vec![p.clone().into()]),
-                Set::Result(id, hash, bytes) => (
-                    "result_id = ?3, result_hash = ?4, bytes_out = ?5",
-                    vec![
-                        id.clone().into(),
-                        hash.clone().into(),
-                        (*bytes as i64).into(),
-                    ],
-                ),
-                Set::Receipt(id) => ("receipt_id = ?3", vec![id.clone().into()]),
-                Set::ResultEvent(json) => ("result_json = ?3", vec![json.clone().into()]),
-                Set::Error(code, msg) => (
-                    "error_code = ?3, error_message = ?4",
-                    vec![code.as_str().to_string().into(), msg.clone().into()],
-                ),
-                Set::Time(stamp, ms) => (
-                    match stamp {
-                        Stamp::PickedUp => "picked_up_at = ?3",
-                        Stamp::Started => "started_at = ?3",
-                        Stamp::Finished => "finished_at = ?3",
-                        Stamp::Published => "published_at = ?3",
-                        Stamp::Paid => "paid_at = ?3",
-                        Stamp::Receipt => "receipt_at = ?3",
-                    },
-                    vec![(*ms as i64).into()],
-                ),
-            };
-            let mut all: Vec<rusqlite::types::Value> =
-                vec![job_id.to_string().into(), role.as_str().to_string().into()];
-            all.extend(values);
-            self.conn.execute(
-                &format!("UPDATE jobs SET {sql} WHERE job_id = ?1 AND role = ?2"),
-                rusqlite::params_from_iter(all),
-            )?;
+        if sets.is_empty() {
+            return Ok(());
         }
+        let mut columns: Vec<&str> = Vec::new();
+        let mut values: Vec<rusqlite::types::Value> =
+            vec![job_id.to_string().into(), role.as_str().to_string().into()];
+        for set in sets {
+            let pairs: Vec<(&str, rusqlite::types::Value)> = match set {
+                Set::State(s) => vec![("state", s.as_str().to_string().into())],
+                Set::Provider(p) => vec![("provider", p.clone().into())],
+                Set::Invoice(amount, bolt11, hash, expires) => vec![
+                    ("amount_msat", (*amount as i64).into()),
+                    ("bolt11", bolt11.clone().into()),
+                    ("payment_hash", hash.clone().into()),
+                    ("invoice_expires_at", (*expires as i64).into()),
+                ],
+                Set::Preimage(p) => vec![("preimage", p.clone().into())],
+                Set::Result(id, hash, bytes) => vec![
+                    ("result_id", id.clone().into()),
+                    ("result_hash", hash.clone().into()),
+                    ("bytes_out", (*bytes as i64).into()),
+                ],
+                Set::Receipt(id) => vec![("receipt_id", id.clone().into())],
+                Set::ResultEvent(json) => vec![("result_json", json.clone().into())],
+                Set::Error(code, msg) => vec![
+                    ("error_code", code.as_str().to_string().into()),
+                    ("error_message", msg.clone().into()),
+                ],
+                Set::Time(stamp, ms) => vec![(
+                    match stamp {
+                        Stamp::PickedUp => "picked_up_at",
+                        Stamp::Started => "started_at",
+                        Stamp::Finished => "finished_at",
+                        Stamp::Published => "published_at",
+                        Stamp::Paid => "paid_at",
+                        Stamp::Receipt => "receipt_at",
+                    },
+                    (*ms as i64).into(),
+                )],
+            };
+            for (column, value) in pairs {
+                columns.push(column);
+                values.push(value);
+            }
+        }
+        let assignments: Vec<String> = columns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c} = ?{}", i + 3))
+            .collect();
+        self.conn
+            .prepare_cached(&format!(
+                "UPDATE jobs SET {} WHERE job_id = ?1 AND role = ?2",
+                assignments.join(", ")
+            ))?
+            .execute(rusqlite::params_from_iter(values))?;
         Ok(())
     }
 
@@ -343,11 +352,10 @@ impl Jobs {
     pub fn get(&self, job_id: &str, role: Role) -> Result<Option<JobRecord>, StoreError> {
         Ok(self
             .conn
-            .query_row(
-                &format!("SELECT {COLUMNS} FROM jobs WHERE job_id = ?1 AND role = ?2"),
-                params![job_id, role.as_str()],
-                row_to_record,
-            )
+            .prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM jobs WHERE job_id = ?1 AND role = ?2"
+            ))?
+            .query_row(params![job_id, role.as_str()], row_to_record)
             .optional()?)
     }
 
@@ -419,12 +427,13 @@ impl Jobs {
 
     /// How many of `buyer`'s invoices to this provider expired unpaid.
     pub fn expired_unpaid(&self, buyer: &str, now_secs: u64) -> Result<u64, StoreError> {
-        let n: i64 = self.conn.query_row(
-            "SELECT COUNT(*) FROM jobs WHERE role = 'provider' AND buyer = ?1 AND state = 'result'
-               AND invoice_expires_at IS NOT NULL AND invoice_expires_at < ?2",
-            params![buyer, now_secs as i64],
-            |r| r.get(0),
-        )?;
+        let n: i64 = self
+            .conn
+            .prepare_cached(
+                "SELECT COUNT(*) FROM jobs WHERE role = 'provider' AND buyer = ?1 AND state = 'result'
+                   AND invoice_expires_at IS NOT NULL AND invoice_expires_at < ?2",
+            )?
+            .query_row(params![buyer, now_secs as i64], |r| r.get(0))?;
         Ok(n as u64)
     }
 

@@ -68,9 +68,11 @@ impl Receipts {
     /// Stores a receipt event (idempotent).
     pub fn insert(&self, event: &Event) -> Result<(), StoreError> {
         let r = Receipt::from_event(event).map_err(|e| StoreError::Invalid(e.to_string()))?;
-        self.conn.execute(
-            "INSERT OR IGNORE INTO receipts VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-            params![
+        self.conn
+            .prepare_cached(
+                "INSERT OR IGNORE INTO receipts VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            )?
+            .execute(params![
                 event.id.to_hex(),
                 r.request_id.to_hex(),
                 r.result_id.to_hex(),
