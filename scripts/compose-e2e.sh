@@ -2,6 +2,9 @@
 # Stage "compose": the 30-node Docker Compose swarm end to end, on images built from local
 # material. Passes when the buyer service maps the repository and exits 0, and the dashboard's
 # /api/stats counts at least 30 online nodes. Prints the seconds from `up` to the first paid job.
+#   compose-e2e.sh source     the image docker/Dockerfile builds from source (what `docker compose
+#                             up` builds), via scripts/docker-source.sh
+#   compose-e2e.sh prebuilt   the host-built binary on docker/Dockerfile.prebuilt (docker-local.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if command -v docker-compose >/dev/null 2>&1; then compose=(docker-compose)
@@ -11,10 +14,15 @@ else
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose >/dev/null
   compose=(docker-compose)
 fi
-./scripts/docker-local.sh
+variant="${1:-source}"
+case "$variant" in
+  source) ./scripts/docker-source.sh; image=pylon:source ;;
+  prebuilt) ./scripts/docker-local.sh; image=pylon:local ;;
+  *) echo "usage: $0 [source|prebuilt]" >&2; exit 2 ;;
+esac
 project="pylon-e2e-$$"
 port="${PYLON_WEB_PORT:-$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')}"
-export PYLON_IMAGE=pylon:local PYLON_WEB_PORT="$port"
+export PYLON_IMAGE="$image" PYLON_WEB_PORT="$port"
 dc() { "${compose[@]}" -p "$project" -f docker-compose.yml "$@"; }
 cleanup() {
   status=$?
@@ -26,7 +34,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-echo "==> docker compose up (appliance, 30 providers, buyer); dashboard on 127.0.0.1:$port"
+echo "==> docker compose up with $image (appliance, 30 providers, buyer); dashboard on 127.0.0.1:$port"
 started=$(date +%s.%N)
 dc up -d --no-build >/dev/null 2>&1 || dc up -d --no-build
 stats() { python3 - "$port" <<'PY'
@@ -54,5 +62,6 @@ code="$(docker inspect -f '{{.State.ExitCode}}' "$buyer")"
 dc logs --no-color buyer | tail -8
 read -r online settled <<<"$(stats)"
 echo "==> buyer exit code $code; dashboard: $online nodes online, $settled sats settled"
-echo "{\"buyer_exit_code\": $code, \"online_nodes\": $online, \"sats_settled\": $settled, \"compose_up_to_first_paid_job_secs\": ${first_paid:-null}}" | tee target/compose-e2e.json
+mkdir -p target
+echo "{\"buyer_exit_code\": $code, \"online_nodes\": $online, \"sats_settled\": $settled, \"compose_up_to_first_paid_job_secs\": ${first_paid:-null}}" | tee "target/compose-e2e-$variant.json"
 [ "$code" -eq 0 ] && [ "$online" -ge 30 ]

@@ -61,5 +61,7 @@ cargo clippy --locked --all-targets -- -D warnings
 echo "==> cargo test"
 cargo test --locked --all-targets
 
-echo "==> stage compose: the 30-node Docker Compose swarm end to end"
-./scripts/compose-e2e.sh
+echo "==> stage compose: the 30-node Docker Compose swarm end to end, image built from source"
+./scripts/compose-e2e.sh source
+echo "==> stage compose: the same swarm on the prebuilt image (the no-pull path)"
+./scripts/compose-e2e.sh prebuilt
