@@ -37,6 +37,8 @@ pub struct SizeRun {
     pub busy_latency_ms: Latency,
     /// Every busy-phase job done, paid and receipted.
     pub all_done: bool,
+    /// Busy-phase jobs that did not finish, by failure code (`error` when the buyer itself failed).
+    pub failures: std::collections::BTreeMap<String, usize>,
 }
 
 /// The report.
@@ -126,18 +128,30 @@ pub async fn run(
                 };
                 tokio::spawn(async move {
                     let t = Instant::now();
-                    let ok =
-                        matches!(buyer.run(&job, wait).await, Ok(o) if o.status == JobState::Done);
-                    (t.elapsed(), ok)
+                    let failure = match buyer.run(&job, wait).await {
+                        Ok(o) if o.status == JobState::Done => None,
+                        Ok(o) => Some(
+                            o.failure
+                                .map(|f| f.as_str().to_string())
+                                .unwrap_or_else(|| format!("{:?}", o.status).to_lowercase()),
+                        ),
+                        Err(e) => {
+                            tracing::warn!("swarm bench job failed: {e}");
+                            Some("error".to_string())
+                        }
+                    };
+                    (t.elapsed(), failure)
                 })
             })
             .collect();
         let mut latencies = Vec::new();
-        let mut all_done = true;
+        let mut failures = std::collections::BTreeMap::new();
         for t in tasks {
-            let (took, ok) = t.await.map_err(|e| err(&e))?;
+            let (took, failure) = t.await.map_err(|e| err(&e))?;
             latencies.push(took);
-            all_done &= ok;
+            if let Some(code) = failure {
+                *failures.entry(code).or_insert(0) += 1;
+            }
         }
         sampling.store(false, Ordering::SeqCst);
         let _ = sampler.await;
@@ -151,7 +165,8 @@ pub async fn run(
             per_busy_node_mib: mib(per_idle + growth),
             busy_jobs: latencies.len(),
             busy_latency_ms: Latency::of(&latencies),
-            all_done,
+            all_done: failures.is_empty(),
+            failures,
         });
         progress(&format!("stopping {n} providers"));
         swarm.stop().await;

@@ -187,7 +187,15 @@ impl Buyer {
             routes: self.routes.clone(),
             id: event.id,
         };
-        self.relay.publish(&event).await?;
+        match self.relay.publish(&event).await {
+            Ok(_) => {}
+            // A relay under load can take longer than the publish timeout to store the request;
+            // following the job costs nothing, and a quiet job gets its request sent again.
+            Err(e @ crate::relay::client::ClientError::Unconfirmed { .. }) => {
+                tracing::debug!(job = %event.id, "{e}; following the job anyway");
+            }
+            Err(e) => return Err(e.into()),
+        }
         self.follow(&event, rx, options).await
     }
 
@@ -287,6 +295,11 @@ impl Buyer {
                         Ok(None) => break,
                         Err(_) if left <= CATCH_UP => break,
                         Err(_) => {
+                            if !claimed && result.is_none() {
+                                // Perhaps the request itself never landed (a relay too busy to
+                                // confirm it): send it again; relays and providers ignore copies.
+                                let _ = self.relay.publish_nowait(request_event).await;
+                            }
                             // Quiet for a while: relays drop live events under load, but results,
                             // feedback and receipts are stored, so ask for them.
                             if let Ok(found) = self

@@ -83,6 +83,14 @@ pub enum ClientError {
         /// Each relay's reason.
         reasons: String,
     },
+    /// No relay answered `OK` in time and none refused: a busy relay may still store the event.
+    #[error("no relay confirmed event {id} in time ({reasons}); it may still arrive")]
+    Unconfirmed {
+        /// The unconfirmed event.
+        id: EventId,
+        /// Each relay's reason.
+        reasons: String,
+    },
     /// The fallback relay could not start.
     #[error("relays unreachable ({0}) and the embedded relay could not start: {1}")]
     Fallback(String, RelayError),
@@ -264,6 +272,13 @@ impl MarketClient {
             };
             let backpressure = failed.values().any(|why| why.contains("channel"));
             if !backpressure || tokio::time::Instant::now() >= deadline {
+                let unanswered = !failed.is_empty() && failed.values().all(|why| why == "timeout");
+                if unanswered {
+                    return Err(ClientError::Unconfirmed {
+                        id: event.id,
+                        reasons: join_reasons(&failed),
+                    });
+                }
                 return Err(ClientError::Rejected {
                     id: event.id,
                     reasons: join_reasons(&failed),

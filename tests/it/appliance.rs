@@ -388,6 +388,7 @@ fn bench_swarm_prints_memory_and_start_times_as_json() {
         assert_eq!(run["providers"], n);
         assert_eq!(run["busy_jobs"], 2 * n);
         assert_eq!(run["all_done"], true, "{run}");
+        assert_eq!(run["failures"], serde_json::json!({}), "{run}");
         let idle = run["per_idle_node_mib"].as_f64().expect("idle");
         assert!(
             idle > 0.0 && run["per_busy_node_mib"].as_f64().expect("busy") >= idle,
