@@ -791,3 +791,89 @@ fn pay_later_by_job_id_and_the_receipt_follows() {
     assert!(verified, "the receipt arrived and the chain verifies");
     drop(m);
 }
+
+/// A relay that takes every message and never confirms an EVENT (answers REQs with EOSE only):
+/// what an overloaded relay looks like from the client. Returns its URL and the ids of the events
+/// it received, in order, duplicates included.
+async fn silent_relay() -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("ws://{}", listener.local_addr().expect("addr"));
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let log = log.clone();
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
+                    return;
+                };
+                while let Some(Ok(msg)) = ws.next().await {
+                    let Message::Text(text) = msg else { continue };
+                    let Ok(Value::Array(frame)) = serde_json::from_str::<Value>(text.as_str())
+                    else {
+                        continue;
+                    };
+                    match frame.first().and_then(Value::as_str) {
+                        Some("REQ") => {
+                            let eose = serde_json::json!(["EOSE", frame[1]]).to_string();
+                            if ws.send(Message::text(eose)).await.is_err() {
+                                return;
+                            }
+                        }
+                        Some("EVENT") => {
+                            if let Some(id) = frame[1]["id"].as_str() {
+                                log.lock().expect("log").push(id.to_string());
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            });
+        }
+    });
+    (url, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_no_relay_confirms_is_followed_and_sent_again() {
+    let (url, seen) = silent_relay().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let keys = Keys::generate();
+    let relay = MarketClient::connect(
+        keys.clone(),
+        &[url.parse().expect("url")],
+        Duration::from_secs(5),
+        Reachability::OneShot,
+    )
+    .await
+    .expect("relay");
+    let store = Arc::new(Store::open(dir.path()).expect("store"));
+    let buyer = Buyer::start(keys, Arc::new(relay), None, store)
+        .await
+        .expect("buyer");
+    let job = NewJob {
+        kind: pylon::protocol::kinds::CODE_ANALYSIS,
+        inputs: vec![JobInput::text("fn main() {}\n")],
+        params: vec![("path".into(), "main.rs".into())],
+        ..Default::default()
+    };
+    let wait = WaitOptions {
+        timeout: Duration::from_secs(8),
+        auto_pay: false,
+        max_msats: None,
+    };
+    // Unconfirmed is not refused: the buyer follows the job to its own deadline instead of
+    // failing at the publish, and ends it as a timeout with nobody having answered.
+    let outcome = buyer.run(&job, wait).await.expect("followed, not failed");
+    assert_eq!(outcome.status, JobState::Failed);
+    assert_eq!(outcome.failure, Some(FailureCode::Timeout));
+    // While the job was quiet and unclaimed, the same request went out again.
+    let ids = seen.lock().expect("log").clone();
+    let request = &outcome.job_id;
+    let copies = ids.iter().filter(|id| *id == request).count();
+    assert!(copies >= 2, "request sent {copies} time(s): {ids:?}");
+}
