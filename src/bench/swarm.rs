@@ -133,7 +133,7 @@ pub async fn run(
                         Ok(o) => Some(
                             o.failure
                                 .map(|f| f.as_str().to_string())
-                                .unwrap_or_else(|| format!("{:?}", o.status).to_lowercase()),
+                                .unwrap_or_else(|| o.status.as_str().to_string()),
                         ),
                         Err(e) => {
                             tracing::warn!("swarm bench job failed: {e}");

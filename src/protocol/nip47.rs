@@ -12,7 +12,6 @@ use std::sync::{Mutex, OnceLock};
 
 use nostr_sdk::base64::engine::general_purpose::STANDARD as BASE64;
 use nostr_sdk::base64::Engine;
-
 use nostr_sdk::nips::nip44::v2::ConversationKey;
 use nostr_sdk::nips::{nip04, nip44};
 use nostr_sdk::{Event, EventBuilder, EventId, Keys, PublicKey, Tag, TagKind, Timestamp};

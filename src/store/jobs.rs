@@ -49,7 +49,8 @@ pub enum JobState {
 }
 
 impl JobState {
-    fn as_str(self) -> &'static str {
+    /// The name stored in `jobs.db` and shown in reports.
+    pub fn as_str(self) -> &'static str {
         match self {
             Self::Submitted => "submitted",
             Self::Processing => "processing",
