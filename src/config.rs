@@ -134,6 +134,54 @@ struct HubFile {
     allow_clients: Option<Vec<String>>,
 }
 
+/// The `[buyer]` table: what this home pays without asking.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct BuyerConfig {
+    /// Most paid for one job that names no bid or `--max-sats`, sats (0: such jobs are never
+    /// paid automatically).
+    pub max_job_sats: u64,
+    /// Most paid in any rolling 24 h, sats (0: no daily cap).
+    pub max_daily_sats: u64,
+}
+
+impl Default for BuyerConfig {
+    fn default() -> Self {
+        let d = crate::buyer::SpendLimits::default();
+        Self {
+            max_job_sats: d.max_job_msats.unwrap_or(0) / 1000,
+            max_daily_sats: d.max_daily_msats.unwrap_or(0) / 1000,
+        }
+    }
+}
+
+impl BuyerConfig {
+    /// The buyer's caps in msats.
+    pub fn limits(&self) -> crate::buyer::SpendLimits {
+        let msats = |sats: u64| (sats > 0).then(|| sats.saturating_mul(1000));
+        crate::buyer::SpendLimits {
+            max_job_msats: msats(self.max_job_sats),
+            max_daily_msats: msats(self.max_daily_sats),
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BuyerFile {
+    max_job_sats: Option<u64>,
+    max_daily_sats: Option<u64>,
+}
+
+/// The `[trust]` table: whose word a verifier takes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrustConfig {
+    /// Hubs whose settlement attestations `pylon job trace` accepts: npub / hex service keys,
+    /// or 66-hex node keys.
+    #[serde(default)]
+    pub hubs: Vec<String>,
+}
+
 /// The configuration every command runs with.
 #[derive(Debug, Clone, Serialize)]
 pub struct Config {
@@ -160,6 +208,10 @@ pub struct Config {
     pub hub: HubSettings,
     /// Text generation.
     pub llm: LlmConfig,
+    /// Spending caps.
+    pub buyer: BuyerConfig,
+    /// Trusted hubs.
+    pub trust: TrustConfig,
 }
 
 /// The file as written: every field optional so a short file means "defaults for the rest".
@@ -174,6 +226,8 @@ struct ConfigFile {
     wallet: Option<WalletFile>,
     hub: Option<HubFile>,
     llm: Option<LlmConfig>,
+    buyer: Option<BuyerFile>,
+    trust: Option<TrustConfig>,
 }
 
 impl Config {
@@ -217,6 +271,15 @@ impl Config {
         };
         let wallet = parse_wallet(file.wallet.unwrap_or_default(), path)?;
         let hub = parse_hub(file.hub.unwrap_or_default(), path)?;
+        let buyer_file = file.buyer.unwrap_or_default();
+        let d = BuyerConfig::default();
+        let buyer = BuyerConfig {
+            max_job_sats: buyer_file.max_job_sats.unwrap_or(d.max_job_sats),
+            max_daily_sats: buyer_file.max_daily_sats.unwrap_or(d.max_daily_sats),
+        };
+        let trust = file.trust.unwrap_or_default();
+        crate::provenance::TrustedHubs::parse(&trust.hubs)
+            .map_err(|e| ConfigError::Wallet(format!("{}: [trust] hubs: {e}", path.display())))?;
         Ok(Self {
             source: Some(path.to_path_buf()),
             network: file.network.unwrap_or_default(),
@@ -227,7 +290,27 @@ impl Config {
             wallet,
             hub,
             llm: file.llm.unwrap_or_default(),
+            buyer,
+            trust,
         })
+    }
+
+    /// The hubs this home trusts to attest settlements: `[trust] hubs`, plus the hub its wallet
+    /// is pinned to (`wallet.hub`, or the service of `wallet.nwc_uri`) — the hub it pays through.
+    pub fn trusted_hubs(&self) -> crate::provenance::TrustedHubs {
+        let mut t = crate::provenance::TrustedHubs::parse(&self.trust.hubs).unwrap_or_default();
+        if let Some(hub) = self.wallet.hub {
+            t.add_service(hub);
+        }
+        if let Some(Ok(uri)) = self
+            .wallet
+            .nwc_uri
+            .as_deref()
+            .map(NostrWalletConnectURI::parse)
+        {
+            t.add_service(uri.public_key);
+        }
+        t
     }
 
     /// Sets the NWC URI for this run (the `--nwc` flag), validating it.
@@ -251,19 +334,32 @@ impl Config {
         Ok(())
     }
 
-    /// Writes the commented default file to `home` unless one exists. Returns whether it wrote.
-    pub fn write_default(home: &Home) -> Result<bool, ConfigError> {
+    /// Writes the commented default file to `home` unless one exists, trusting `own_hub` (the
+    /// hub this identity runs with `pylon hub` / `pylon up`). Returns whether it wrote.
+    pub fn write_default(home: &Home, own_hub: Option<PublicKey>) -> Result<bool, ConfigError> {
         let path = home.config_file();
         if path.exists() {
             return Ok(false);
         }
-        std::fs::write(&path, default_file_text()).map_err(|e| ConfigError::Write(path, e))?;
+        std::fs::write(&path, default_file_text_trusting(own_hub))
+            .map_err(|e| ConfigError::Write(path, e))?;
         Ok(true)
     }
 }
 
 /// The text `pylon init` writes: the defaults, each explained.
 pub fn default_file_text() -> String {
+    default_file_text_trusting(None)
+}
+
+/// [`default_file_text`], trusting `own_hub`'s settlement attestations.
+pub fn default_file_text_trusting(own_hub: Option<PublicKey>) -> String {
+    let hubs = match own_hub.and_then(|k| nostr_sdk::ToBech32::to_bech32(&k).ok()) {
+        Some(npub) => format!("[\"{npub}\"]  # this identity's own hub (`pylon hub`, `pylon up`)"),
+        None => "[]".to_string(),
+    };
+    let b = BuyerConfig::default();
+    let (max_job, max_daily) = (b.max_job_sats, b.max_daily_sats);
     let prices: String = DEFAULT_PRICES
         .iter()
         .map(|(kind, msats)| {
@@ -321,6 +417,19 @@ allow_clients = []                  # empty: any key may open an account
 # endpoint = "http://127.0.0.1:8080"
 # model = "gemma-3-270m"
 timeout_secs = 120
+
+# What this home pays without asking. `--auto-pay` pays a job that names no --bid or
+# --max-sats at most max_job_sats (0: never automatically); every payment counts against
+# max_daily_sats over a rolling 24 h (0: no daily cap).
+[buyer]
+max_job_sats = {max_job}
+max_daily_sats = {max_daily}
+
+# Whose word proves a payment. A receipt is verified only with a settlement attestation signed by
+# one of these hubs (npub or hex service key, or a 66-hex node key). The hub your wallet is
+# pinned to (wallet.hub / wallet.nwc_uri) is trusted too. Nothing found on a relay is.
+[trust]
+hubs = {hubs}
 
 # What this node charges per job, in millisatoshis, by job request kind.
 [prices]

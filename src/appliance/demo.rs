@@ -212,6 +212,7 @@ pub async fn run(
         client: viewer.clone(),
         store: Some(store.clone()),
         notices: Vec::new(),
+        trust: market.trusted_hubs(),
     });
     let web = match web::serve(options.web, state.clone()).await {
         Ok(w) => w,
@@ -323,9 +324,11 @@ pub async fn run(
         .map_err(err)?;
     let trace = match records.iter().find(|r| paid(r)) {
         Some(r) => match EventId::from_hex(&r.job_id) {
-            Ok(id) => provenance::trace(&viewer, id, Duration::from_secs(5))
-                .await
-                .ok(),
+            Ok(id) => {
+                provenance::trace(&viewer, id, Duration::from_secs(5), &market.trusted_hubs())
+                    .await
+                    .ok()
+            }
             Err(_) => None,
         },
         None => None,

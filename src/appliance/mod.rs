@@ -246,10 +246,19 @@ impl Appliance {
             Arc::new(connect(keys, &self.url).await?),
             Some(Arc::new(wallet)),
             store.clone(),
+            // A market that funds its own buyers: their caps are what the faucet gave them.
+            crate::buyer::SpendLimits::unlimited(),
         )
         .await
         .map_err(err)?;
         Ok((Arc::new(buyer), store))
+    }
+
+    /// Verifiers in this process trust the hub it runs (and only that one).
+    pub fn trusted_hubs(&self) -> crate::provenance::TrustedHubs {
+        let mut t = crate::provenance::TrustedHubs::none();
+        t.add_node(self.hub.service().node_pubkey());
+        t
     }
 
     /// The hub's audit.

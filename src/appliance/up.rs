@@ -137,6 +137,7 @@ impl Up {
             client: viewer,
             store: Some(home_store),
             notices: notices.clone(),
+            trust: appliance.trusted_hubs(),
         });
         let web = web::serve(options.web, state).await.map_err(err)?;
         let dashboard = format!("http://{}", web.local_addr());

@@ -163,6 +163,7 @@ pub fn run(providers: usize, jobs: usize, progress: impl Fn(&str)) -> StatsBench
                     bolt11: inv.bolt11,
                     payment_hash: inv.payment_hash,
                     preimage: inv.preimage,
+                    settlement: None,
                     created_at: None,
                 };
                 if let Ok(e) = receipt.to_event(provider) {

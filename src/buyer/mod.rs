@@ -4,6 +4,7 @@
 //! buyer), routed by their `e` tag: a coordinator with thousands of jobs in flight holds one
 //! subscription, not thousands.
 
+pub mod spend;
 pub mod verify;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -20,8 +21,12 @@ use crate::protocol::kinds;
 use crate::protocol::nip90::{Feedback, JobRequest, JobResult, JobStatus, NewJob};
 use crate::protocol::receipt::Receipt;
 use crate::relay::MarketClient;
-use crate::store::{now_ms, JobRecord, JobState, Role, Set, Stamp, Store};
-use crate::wallet::Wallet;
+use crate::store::{
+    now_ms, Begin, JobRecord, JobState, PaymentRecord, PaymentState, Role, Set, Stamp, Store,
+};
+use crate::wallet::{Wallet, WalletError};
+
+pub use spend::{SpendLimits, SpendRefused, Spending};
 
 /// Buyer-side failures (a job's own failure is an [`Outcome`], not an error).
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +46,26 @@ pub enum BuyerError {
     /// Refused to pay or trust something.
     #[error(transparent)]
     Rejected(#[from] verify::Rejected),
+    /// A spending cap said no.
+    #[error(transparent)]
+    Spending(#[from] SpendRefused),
+    /// The wallet holds less than the payment.
+    #[error("balance {} sats < {} sats asked — fund it with `pylon wallet faucet 1000`", .balance_msat / 1000, .asked_msat.div_ceil(1000))]
+    InsufficientFunds {
+        /// What the wallet holds.
+        balance_msat: u64,
+        /// What the payment needs.
+        asked_msat: u64,
+    },
+    /// A payment was sent and nobody can yet say whether it went through. It is never sent
+    /// again blindly; a look-up settles it.
+    #[error("the payment for job {job_id} was sent but its outcome is unknown; it will not be sent again: check `pylon wallet history` (payment hash {payment_hash})")]
+    PaymentUnknown {
+        /// The job.
+        job_id: String,
+        /// The payment in doubt.
+        payment_hash: String,
+    },
     /// Anything else the user must fix.
     #[error("{0}")]
     Other(String),
@@ -68,6 +93,9 @@ pub struct Payment {
     pub payment_hash: String,
     /// Proof of payment.
     pub preimage: String,
+    /// True when this call paid nothing because the job had been paid before.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub already_paid: bool,
 }
 
 /// How a followed job ended.
@@ -120,6 +148,7 @@ pub struct Buyer {
     relay: Arc<MarketClient>,
     wallet: Option<Arc<dyn Wallet>>,
     store: Arc<Store>,
+    spending: Spending,
     routes: Routes,
     router: JoinHandle<()>,
 }
@@ -131,12 +160,14 @@ impl Drop for Buyer {
 }
 
 impl Buyer {
-    /// Subscribes to everything addressed to `keys` from now on and starts routing it.
+    /// Subscribes to everything addressed to `keys` from now on and starts routing it. Pays
+    /// within `limits` (see [`spend`]).
     pub async fn start(
         keys: Keys,
         relay: Arc<MarketClient>,
         wallet: Option<Arc<dyn Wallet>>,
         store: Arc<Store>,
+        limits: SpendLimits,
     ) -> Result<Self, BuyerError> {
         let routes: Routes = Arc::default();
         let notes = relay.notifications();
@@ -157,9 +188,20 @@ impl Buyer {
             relay,
             wallet,
             store,
+            spending: Spending::new(limits),
             routes,
             router,
         })
+    }
+
+    /// The caps and run budget every payment of this buyer passes.
+    pub fn spending(&self) -> &Spending {
+        &self.spending
+    }
+
+    /// The wallet's spendable balance.
+    pub async fn balance_msat(&self) -> Result<u64, BuyerError> {
+        Ok(self.wallet()?.balance_msat().await?)
     }
 
     /// The buyer's public key.
@@ -199,11 +241,12 @@ impl Buyer {
         self.follow(&event, rx, options).await
     }
 
-    /// Pays the amount a result of job `job_id` asked for, after checking the invoice against the
-    /// stored request (its bid) and `max_msats`.
+    /// Pays the amount `provider`'s result of job `job_id` asked for, after checking the invoice
+    /// against the stored request (its bid) and `max_msats`.
     pub async fn pay_amount(
         &self,
         job_id: &EventId,
+        provider: &nostr_sdk::PublicKey,
         amount: &crate::protocol::nip90::Amount,
         max_msats: Option<u64>,
     ) -> Result<Payment, BuyerError> {
@@ -214,7 +257,7 @@ impl Buyer {
             .ok_or_else(|| BuyerError::Other(format!("no job {job_id} from this buyer")))?;
         let event = Event::from_json(&json).map_err(|e| BuyerError::Other(e.to_string()))?;
         let request = JobRequest::from_event(&event, None)?;
-        self.pay(&request, amount, max_msats).await
+        self.pay(&request, provider, amount, max_msats).await
     }
 
     fn record(&self, event: &Event) -> Result<(), BuyerError> {
@@ -275,8 +318,12 @@ impl Buyer {
             failure: None,
             message: None,
         };
-        let mut claimed = false;
+        // Keys that claimed the job: on an open job only a claimer's result is paid (when anyone
+        // claimed), so a stranger cannot jump in with a result of its own.
+        let mut claimers: HashSet<nostr_sdk::PublicKey> = HashSet::new();
         let mut result: Option<JobResult> = None;
+        // Results held back because their signer has not claimed the job (yet).
+        let mut held: Vec<(Event, JobResult)> = Vec::new();
         let mut errors: Vec<(FailureCode, String)> = Vec::new();
         let mut backlog: VecDeque<Event> = VecDeque::new();
         let mut seen: HashSet<EventId> = HashSet::new();
@@ -295,7 +342,7 @@ impl Buyer {
                         Ok(None) => break,
                         Err(_) if left <= CATCH_UP => break,
                         Err(_) => {
-                            if !claimed && result.is_none() {
+                            if claimers.is_empty() && result.is_none() {
                                 // Perhaps the request itself never landed (a relay too busy to
                                 // confirm it): send it again; relays and providers ignore copies.
                                 let _ = self.relay.publish_nowait(request_event).await;
@@ -329,18 +376,33 @@ impl Buyer {
                     continue;
                 }
                 match fb.status {
-                    JobStatus::Processing if !claimed => {
-                        claimed = true;
-                        out.status = JobState::Processing;
-                        out.provider = Some(fb.provider.to_hex());
-                        self.update(
-                            &id,
-                            &[
-                                Set::State(JobState::Processing),
-                                Set::Provider(fb.provider.to_hex()),
-                                Set::Time(Stamp::PickedUp, now_ms()),
-                            ],
-                        );
+                    JobStatus::Processing => {
+                        let first = claimers.is_empty();
+                        if !claimers.insert(fb.provider) {
+                            continue;
+                        }
+                        if first && result.is_none() {
+                            out.status = JobState::Processing;
+                            out.provider = Some(fb.provider.to_hex());
+                            self.update(
+                                &id,
+                                &[
+                                    Set::State(JobState::Processing),
+                                    Set::Provider(fb.provider.to_hex()),
+                                    Set::Time(Stamp::PickedUp, now_ms()),
+                                ],
+                            );
+                        }
+                        // A result that came before its signer's claim can be taken now.
+                        if result.is_none() {
+                            if let Some(i) =
+                                held.iter().position(|(_, r)| r.provider == fb.provider)
+                            {
+                                let (ev, _) = held.remove(i);
+                                seen.remove(&ev.id);
+                                backlog.push_front(ev);
+                            }
+                        }
                     }
                     JobStatus::Error => {
                         let code = fb.failure.unwrap_or(FailureCode::ExecError);
@@ -359,19 +421,29 @@ impl Buyer {
                     }
                     JobStatus::PaymentRequired if options.auto_pay && out.payment.is_none() => {
                         let Some(amount) = fb.amount else { continue };
+                        if !claimers.is_empty() && !claimers.contains(&fb.provider) {
+                            errors.push((
+                                FailureCode::InvalidResult,
+                                "a payment request from a key that never claimed the job".into(),
+                            ));
+                            continue;
+                        }
                         out.status = JobState::PaymentRequired;
-                        match self.pay(&request, &amount, options.max_msats).await {
+                        match self
+                            .pay(&request, &fb.provider, &amount, options.max_msats)
+                            .await
+                        {
                             Ok(p) => {
                                 out.provider = Some(fb.provider.to_hex());
                                 out.payment = Some(p);
                             }
-                            Err(e) => {
-                                return Ok(self.failed(
-                                    out,
-                                    FailureCode::PaymentFailed,
-                                    e.to_string(),
-                                ))
+                            // A dishonest invoice from one key must not end the job: others
+                            // may still answer.
+                            Err(BuyerError::Rejected(e)) if request.providers.is_empty() => {
+                                tracing::warn!(job = %id, "ignoring payment request from {}: {e}", fb.provider);
+                                errors.push((FailureCode::InvalidResult, e.to_string()));
                             }
+                            Err(e) => return Ok(self.payment_failed(out, e)),
                         }
                     }
                     _ => {}
@@ -386,6 +458,40 @@ impl Buyer {
                 };
                 if let Err(e) = verify::result(&request, &event, &parsed) {
                     tracing::warn!(job = %id, "ignoring result {}: {e}", event.id);
+                    errors.push((FailureCode::InvalidResult, e.to_string()));
+                    continue;
+                }
+                // A result whose invoice cannot be paid (over the bid, wrong job, another
+                // provider's invoice) is recorded and ignored: an honest answer may still come.
+                if out.payment.is_none() {
+                    if let Some(amount) = &parsed.amount {
+                        if let Err(e) =
+                            verify::invoice(&request, amount, &parsed.provider, options.max_msats)
+                        {
+                            tracing::warn!(job = %id, "ignoring result {} from {}: {e}", event.id, parsed.provider);
+                            errors.push((FailureCode::InvalidResult, e.to_string()));
+                            if !request.providers.is_empty() {
+                                return Ok(self.failed(
+                                    out,
+                                    FailureCode::InvalidResult,
+                                    format!("the provider's result was refused: {e}"),
+                                ));
+                            }
+                            continue;
+                        }
+                    }
+                }
+                let paid_to_other = out
+                    .provider
+                    .as_ref()
+                    .is_some_and(|p| out.payment.is_some() && *p != parsed.provider.to_hex());
+                if paid_to_other {
+                    // Paid up front to another key: only its result counts.
+                    continue;
+                }
+                if !claimers.is_empty() && !claimers.contains(&parsed.provider) {
+                    tracing::debug!(job = %id, "holding result {} until its signer claims the job", event.id);
+                    held.push((event.clone(), parsed));
                     continue;
                 }
                 out.provider = Some(parsed.provider.to_hex());
@@ -407,7 +513,9 @@ impl Buyer {
                 );
                 if out.payment.is_none() {
                     if let Some(amount) = &parsed.amount {
-                        if let Ok(decoded) = verify::invoice(&request, amount, options.max_msats) {
+                        if let Ok(decoded) =
+                            verify::invoice(&request, amount, &parsed.provider, options.max_msats)
+                        {
                             self.update(
                                 &id,
                                 &[Set::Invoice(
@@ -419,15 +527,12 @@ impl Buyer {
                             );
                         }
                         if options.auto_pay {
-                            match self.pay(&request, amount, options.max_msats).await {
+                            match self
+                                .pay(&request, &parsed.provider, amount, options.max_msats)
+                                .await
+                            {
                                 Ok(p) => out.payment = Some(p),
-                                Err(e) => {
-                                    return Ok(self.failed(
-                                        out,
-                                        FailureCode::PaymentFailed,
-                                        e.to_string(),
-                                    ))
-                                }
+                                Err(e) => return Ok(self.payment_failed(out, e)),
                             }
                         }
                     }
@@ -479,7 +584,12 @@ impl Buyer {
         }
         let (code, message) = if let Some((code, info)) = errors.pop() {
             (code, info)
-        } else if claimed {
+        } else if !held.is_empty() {
+            (
+                FailureCode::InvalidResult,
+                "results came only from keys that did not claim the job; none was paid".into(),
+            )
+        } else if !claimers.is_empty() {
             (
                 FailureCode::ProviderOffline,
                 "a provider claimed the job and sent no result in time".to_string(),
@@ -509,48 +619,212 @@ impl Buyer {
         out
     }
 
-    /// Pays an amount for `request` after checking the invoice.
+    /// A job that ends because its payment did not (certainly) happen.
+    fn payment_failed(&self, out: Outcome, e: BuyerError) -> Outcome {
+        let code = match e {
+            BuyerError::PaymentUnknown { .. } => FailureCode::PaymentUnknown,
+            _ => FailureCode::PaymentFailed,
+        };
+        self.failed(out, code, e.to_string())
+    }
+
+    fn wallet(&self) -> Result<&Arc<dyn Wallet>, BuyerError> {
+        self.wallet
+            .as_ref()
+            .ok_or_else(|| BuyerError::Other("no wallet to pay with".into()))
+    }
+
+    /// Pays `provider`'s invoice for `request` after checking it (see [`verify::invoice`]), within
+    /// the caps of [`Self::spending`], at most once per job: the payment is journaled before the
+    /// wallet is asked, a job that was (or may have been) paid is not paid again, and an
+    /// unanswered payment is reported as unknown rather than failed.
     pub async fn pay(
         &self,
         request: &JobRequest,
+        provider: &nostr_sdk::PublicKey,
         amount: &crate::protocol::nip90::Amount,
         max_msats: Option<u64>,
     ) -> Result<Payment, BuyerError> {
-        let wallet = self
-            .wallet
-            .as_ref()
-            .ok_or_else(|| BuyerError::Other("no wallet to pay with".into()))?;
-        let decoded = verify::invoice(request, amount, max_msats)?;
+        let wallet = self.wallet()?.clone();
+        let decoded = verify::invoice(request, amount, provider, max_msats)?;
         let bolt11 = amount.bolt11.clone().unwrap_or_default();
-        let paid = wallet.pay_invoice(bolt11.clone(), None).await?;
-        if !crate::bolt11::preimage_matches(&paid.preimage, &decoded.payment_hash) {
-            return Err(BuyerError::Other(
-                "the wallet returned a preimage that does not match".into(),
-            ));
+        let job_id = request.id.to_hex();
+        let explicit = request.bid_msats.is_some() || max_msats.is_some();
+        let record = PaymentRecord {
+            payment_hash: decoded.payment_hash.clone(),
+            job_id: job_id.clone(),
+            amount_msat: amount.msats,
+            bolt11: bolt11.clone(),
+            state: PaymentState::Sending,
+            preimage: None,
+            started_at: now_ms(),
+            finished_at: None,
+        };
+        for _ in 0..2 {
+            let since = now_ms().saturating_sub(24 * 3600 * 1000);
+            let begun = self.store.payments().begin(&record, since, |spent| {
+                self.spending.authorize(amount.msats, spent, explicit)
+            })?;
+            match begun? {
+                Begin::Go => break,
+                Begin::Exists(prior) => match self.resolve(&prior).await? {
+                    Some(payment) => return Ok(payment),
+                    // Known not to have happened: try once more with this invoice.
+                    None => continue,
+                },
+            }
         }
         self.update(
             &request.id,
+            &[Set::Invoice(
+                amount.msats,
+                bolt11.clone(),
+                decoded.payment_hash.clone(),
+                decoded.expires_at,
+            )],
+        );
+        let outcome = wallet.pay_invoice(bolt11.clone(), None).await;
+        let hash = decoded.payment_hash.clone();
+        let verdict = match outcome {
+            Ok(paid) if crate::bolt11::preimage_matches(&paid.preimage, &hash) => Ok(paid.preimage),
+            Ok(_) => Err((
+                PaymentState::Unknown,
+                BuyerError::PaymentUnknown {
+                    job_id: job_id.clone(),
+                    payment_hash: hash.clone(),
+                },
+            )),
+            Err(e) => Err(classify(e, &job_id, &hash)),
+        };
+        match verdict {
+            Ok(preimage) => {
+                let _ = self.store.payments().finish(
+                    &hash,
+                    PaymentState::Paid,
+                    Some(&preimage),
+                    now_ms(),
+                );
+                Ok(self.mark_paid(request.id, amount.msats, bolt11, hash, preimage, false))
+            }
+            Err((state, error)) => {
+                let _ = self.store.payments().finish(&hash, state, None, now_ms());
+                if state == PaymentState::Failed {
+                    self.spending.refund(amount.msats);
+                }
+                Err(match error {
+                    BuyerError::Wallet(WalletError::Refused(body))
+                        if body.code == crate::protocol::nip47::ErrorCode::InsufficientBalance =>
+                    {
+                        match wallet.balance_msat().await {
+                            Ok(balance_msat) => BuyerError::InsufficientFunds {
+                                balance_msat,
+                                asked_msat: amount.msats,
+                            },
+                            Err(_) => BuyerError::Wallet(WalletError::Refused(body)),
+                        }
+                    }
+                    other => other,
+                })
+            }
+        }
+    }
+
+    fn mark_paid(
+        &self,
+        job: EventId,
+        amount_msat: u64,
+        bolt11: String,
+        payment_hash: String,
+        preimage: String,
+        already_paid: bool,
+    ) -> Payment {
+        self.update(
+            &job,
             &[
-                Set::Invoice(
-                    amount.msats,
-                    bolt11.clone(),
-                    decoded.payment_hash.clone(),
-                    decoded.expires_at,
-                ),
-                Set::Preimage(paid.preimage.clone()),
+                Set::Preimage(preimage.clone()),
                 Set::Time(Stamp::Paid, now_ms()),
                 Set::State(JobState::Paid),
             ],
         );
-        Ok(Payment {
-            amount_msat: amount.msats,
+        Payment {
+            amount_msat,
             bolt11,
-            payment_hash: decoded.payment_hash,
-            preimage: paid.preimage,
-        })
+            payment_hash,
+            preimage,
+            already_paid,
+        }
     }
 
-    /// Pays the stored result of a job this buyer submitted (`pylon pay --job-id`).
+    /// The journaled payment of `job`, if one may have gone through.
+    pub fn payment_of(&self, job: &EventId) -> Result<Option<PaymentRecord>, BuyerError> {
+        Ok(self.store.payments().for_job(&job.to_hex())?)
+    }
+
+    /// Settles what a journaled payment became: paid (its preimage), known not to have happened
+    /// (`None`: the job may be paid), or still unknown (an error: nothing may be sent).
+    pub async fn resolve(&self, prior: &PaymentRecord) -> Result<Option<Payment>, BuyerError> {
+        let job = EventId::from_hex(&prior.job_id).map_err(|e| BuyerError::Other(e.to_string()))?;
+        let paid = |preimage: String| {
+            self.mark_paid(
+                job,
+                prior.amount_msat,
+                prior.bolt11.clone(),
+                prior.payment_hash.clone(),
+                preimage,
+                true,
+            )
+        };
+        if prior.state == PaymentState::Paid {
+            return Ok(Some(paid(prior.preimage.clone().unwrap_or_default())));
+        }
+        let unknown = || BuyerError::PaymentUnknown {
+            job_id: prior.job_id.clone(),
+            payment_hash: prior.payment_hash.clone(),
+        };
+        let wallet = self.wallet()?;
+        let settled = match wallet.lookup_invoice(prior.payment_hash.clone()).await {
+            Ok(tx) => tx
+                .is_settled()
+                .then_some(tx.preimage)
+                .flatten()
+                .filter(|p| crate::bolt11::preimage_matches(p, &prior.payment_hash)),
+            // The wallet knows no payment of ours with that hash.
+            Err(WalletError::Refused(body))
+                if body.code == crate::protocol::nip47::ErrorCode::NotFound =>
+            {
+                None
+            }
+            Err(_) => return Err(unknown()),
+        };
+        if let Some(preimage) = settled {
+            let _ = self.store.payments().finish(
+                &prior.payment_hash,
+                PaymentState::Paid,
+                Some(&preimage),
+                now_ms(),
+            );
+            return Ok(Some(paid(preimage)));
+        }
+        let age = Duration::from_millis(now_ms().saturating_sub(prior.started_at));
+        if age < wallet.max_request_age() + Duration::from_secs(2) {
+            // The wallet may still be holding the request: not yet safe to call it unpaid.
+            let _ = self.store.payments().finish(
+                &prior.payment_hash,
+                PaymentState::Unknown,
+                None,
+                now_ms(),
+            );
+            return Err(unknown());
+        }
+        let _ =
+            self.store
+                .payments()
+                .finish(&prior.payment_hash, PaymentState::Failed, None, now_ms());
+        Ok(None)
+    }
+
+    /// Pays the stored result of a job this buyer submitted (`pylon pay --job-id`). A job paid
+    /// before is reported as such (with its preimage), never paid again.
     pub async fn pay_job(
         &self,
         job_id: &EventId,
@@ -563,6 +837,12 @@ impl Buyer {
         let request_json = jobs.ok_or_else(|| {
             BuyerError::Other(format!("no job {job_id} submitted from this home"))
         })?;
+        let prior = self.store.payments().for_job(&job_id.to_hex())?;
+        if let Some(prior) = prior {
+            if let Some(payment) = self.resolve(&prior).await? {
+                return Ok(payment);
+            }
+        }
         let request_event =
             Event::from_json(&request_json).map_err(|e| BuyerError::Other(e.to_string()))?;
         let request = JobRequest::from_event(&request_event, None)?;
@@ -576,6 +856,8 @@ impl Buyer {
             )
             .await?;
         let mut last_problem = "no result for this job on the relays yet".to_string();
+        let mut results: Vec<Event> = results.into_iter().collect();
+        results.sort_by_key(|e| (e.created_at, e.id));
         for event in results {
             let parsed = match JobResult::from_event(&event, Some(&self.keys)) {
                 Ok(p) => p,
@@ -592,10 +874,34 @@ impl Buyer {
                 last_problem = "the result asks for no payment".into();
                 continue;
             };
-            let payment = self.pay(&request, &amount, max_msats).await?;
-            return Ok(payment);
+            if let Err(e) = verify::invoice(&request, &amount, &parsed.provider, max_msats) {
+                last_problem = e.to_string();
+                continue;
+            }
+            return self
+                .pay(&request, &parsed.provider, &amount, max_msats)
+                .await;
         }
         Err(BuyerError::Other(last_problem))
+    }
+}
+
+/// What a wallet error says about the money: definitely not moved, or perhaps moved.
+fn classify(e: WalletError, job_id: &str, hash: &str) -> (PaymentState, BuyerError) {
+    let unknown = || BuyerError::PaymentUnknown {
+        job_id: job_id.to_string(),
+        payment_hash: hash.to_string(),
+    };
+    match e {
+        // The wallet answered no, or never took the request (it expired unexecuted, or none
+        // is configured).
+        e @ (WalletError::Refused(_) | WalletError::Timeout(_) | WalletError::NotConfigured(_)) => {
+            (PaymentState::Failed, BuyerError::Wallet(e))
+        }
+        // Sent, perhaps executed, no word: never retried blindly.
+        WalletError::Unknown { .. } | WalletError::Relay(_) | WalletError::Protocol(_) => {
+            (PaymentState::Unknown, unknown())
+        }
     }
 }
 

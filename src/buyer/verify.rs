@@ -1,9 +1,10 @@
 //! What a buyer checks before trusting a result or paying its invoice.
 
-use nostr_sdk::Event;
+use nostr_sdk::{Event, PublicKey};
 
 use crate::bolt11::{self, Decoded};
 use crate::protocol::nip90::{Amount, JobRequest, JobResult};
+use crate::protocol::payment_link;
 use crate::protocol::receipt::Receipt;
 
 /// Why a result, invoice or receipt is refused.
@@ -54,11 +55,13 @@ pub fn result(request: &JobRequest, event: &Event, parsed: &JobResult) -> Result
     Ok(())
 }
 
-/// Checks the invoice of a result (or payment-required feedback) before paying it: a real regtest
-/// invoice for exactly the stated amount, naming this job, unexpired, and within bid and limit.
+/// Checks the invoice of `provider`'s result (or payment-required feedback) before paying it: a
+/// real regtest invoice for exactly the stated amount, naming this job (and no other provider),
+/// unexpired, and within bid and limit.
 pub fn invoice(
     request: &JobRequest,
     amount: &Amount,
+    provider: &PublicKey,
     max_msats: Option<u64>,
 ) -> Result<Decoded, Rejected> {
     let bolt11 = amount
@@ -72,16 +75,9 @@ pub fn invoice(
             decoded.amount_msat, amount.msats
         )));
     }
-    let job = request.id.to_hex();
-    if !decoded
-        .description
-        .as_deref()
-        .is_some_and(|d| d.contains(&job))
-    {
-        return Err(Rejected::Invoice(
-            "the invoice does not name this job".into(),
-        ));
-    }
+    // An invoice naming another provider is someone else's invoice replayed as this result's.
+    payment_link::check(decoded.description.as_deref(), &request.id, provider, false)
+        .map_err(|e| Rejected::Invoice(e.to_string()))?;
     if decoded.expires_at <= nostr_sdk::Timestamp::now().as_secs() {
         return Err(Rejected::Invoice("the invoice has expired".into()));
     }

@@ -59,7 +59,7 @@ pub(crate) async fn run(ctx: &Context, args: InitArgs) -> anyhow::Result<ExitCod
         KdfCost::default(),
         args.force,
     )?;
-    let config_written = Config::write_default(&ctx.home)?;
+    let config_written = Config::write_default(&ctx.home, Some(identity.hub_keys().public_key()))?;
     let public = identity.public();
     let backup = match previous {
         Previous::BackedUp(p) => Some(p.display().to_string()),

@@ -32,8 +32,22 @@ pub(crate) enum JobCommand {
     Results(ResultsArgs),
     /// List jobs from the local store, newest first
     List(ListArgs),
-    /// Rebuild a job's history from relay events alone and verify every link
-    Trace(IdArgs),
+    /// Rebuild a job's history from relay events alone and verify every link, including a
+    /// trusted hub's attestation that the payment settled
+    Trace(TraceArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct TraceArgs {
+    /// The job id (request event id; a unique prefix works for local jobs)
+    id: String,
+    /// Trust this hub's settlement attestations (npub, hex service key or 66-hex node key;
+    /// repeatable), besides [trust] hubs and the hub your wallet is pinned to
+    #[arg(long = "trust-hub", value_name = "KEY")]
+    trust_hubs: Vec<String>,
+    /// Print JSON
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -58,7 +72,9 @@ pub(crate) struct SubmitArgs {
     /// Follow the job until it finishes
     #[arg(long)]
     wait: bool,
-    /// Pay the result's invoice (checked against the bid and --max-sats)
+    /// Pay the result's invoice: checked against the bid and --max-sats; with neither, at most
+    /// [buyer] max_job_sats (config.toml, default 10 sats). Every payment counts against
+    /// [buyer] max_daily_sats
     #[arg(long, requires = "wait")]
     auto_pay: bool,
     /// Never pay more than this, in sats
@@ -158,6 +174,7 @@ async fn buyer(ctx: &Context, with_wallet: bool) -> anyhow::Result<Buyer> {
         Arc::new(relay),
         wallet,
         store,
+        config.buyer.limits(),
     )
     .await?)
 }
@@ -204,6 +221,14 @@ async fn submit(ctx: &Context, args: SubmitArgs) -> anyhow::Result<ExitCode> {
         encrypt: args.encrypt.then_some(Encryption::Nip44V2),
         expiration: None,
     };
+    if args.auto_pay && args.bid.is_none() && args.max_sats.is_none() {
+        // Refuse before anyone works on a job that could never be paid.
+        if ctx.config()?.buyer.limits().max_job_msats.is_none() {
+            bail!(
+                "--auto-pay needs a spending limit: give --bid or --max-sats, or set                  [buyer] max_job_sats in config.toml"
+            );
+        }
+    }
     let buyer = buyer(ctx, args.auto_pay).await?;
     if !args.wait {
         let event = buyer.submit(&job).await?;
@@ -231,6 +256,9 @@ async fn submit(ctx: &Context, args: SubmitArgs) -> anyhow::Result<ExitCode> {
     print_outcome(&outcome, args.json)?;
     Ok(match outcome.status {
         JobState::Done | JobState::Result => ExitCode::SUCCESS,
+        _ if outcome.failure == Some(crate::protocol::failure::FailureCode::PaymentUnknown) => {
+            ExitCode::from(super::EXIT_PAYMENT_UNKNOWN)
+        }
         _ => ExitCode::FAILURE,
     })
 }
@@ -365,7 +393,7 @@ fn list(ctx: &Context, args: ListArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn trace(ctx: &Context, args: IdArgs) -> anyhow::Result<ExitCode> {
+async fn trace(ctx: &Context, args: TraceArgs) -> anyhow::Result<ExitCode> {
     let id = match EventId::from_hex(&args.id) {
         Ok(id) => id,
         Err(_) => {
@@ -379,6 +407,12 @@ async fn trace(ctx: &Context, args: IdArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let config = ctx.config()?;
+    let mut trust = config.trusted_hubs();
+    for key in &args.trust_hubs {
+        trust
+            .add(key)
+            .with_context(|| format!("--trust-hub {key}"))?;
+    }
     // Auditing needs no identity: anyone can trace any job.
     let client = MarketClient::connect(
         Keys::generate(),
@@ -387,7 +421,7 @@ async fn trace(ctx: &Context, args: IdArgs) -> anyhow::Result<ExitCode> {
         Reachability::OneShot,
     )
     .await?;
-    let t = provenance::trace(&client, id, Duration::from_secs(5)).await;
+    let t = provenance::trace(&client, id, Duration::from_secs(5), &trust).await;
     client.shutdown().await;
     let t = t?;
     if args.json {
@@ -415,11 +449,15 @@ pub(crate) fn print_trace(t: &provenance::Trace) {
             s.detail
         );
     }
+    for w in &t.warnings {
+        println!("  warning: {w}");
+    }
     if t.verified {
         println!(
-            "VERIFIED: paid {} msats; sha256(preimage) = payment hash {}",
+            "VERIFIED: paid {} msats; sha256(preimage) = payment hash {}; settlement attested by hub {}",
             t.amount_msat.unwrap_or(0),
-            t.payment_hash.as_deref().unwrap_or("")
+            t.payment_hash.as_deref().unwrap_or(""),
+            t.hub.as_deref().unwrap_or("")
         );
     } else {
         println!("NOT VERIFIED: {}", t.reason.as_deref().unwrap_or("unknown"));
@@ -437,14 +475,27 @@ pub(crate) async fn pay(ctx: &Context, args: PayArgs) -> anyhow::Result<ExitCode
     })?;
     drop(store);
     let buyer = buyer(ctx, true).await?;
-    let payment = buyer
+    let payment = match buyer
         .pay_job(
             &EventId::from_hex(&rec.job_id)?,
             args.max_sats.map(|s| s.saturating_mul(1000)),
         )
-        .await?;
+        .await
+    {
+        Ok(p) => p,
+        Err(e @ crate::buyer::BuyerError::PaymentUnknown { .. }) => {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::from(super::EXIT_PAYMENT_UNKNOWN));
+        }
+        Err(e) => return Err(e.into()),
+    };
     if args.json {
         output::print_json(&payment)?;
+    } else if payment.already_paid {
+        println!(
+            "already paid: {} msats for job {}; preimage {}",
+            payment.amount_msat, rec.job_id, payment.preimage
+        );
     } else {
         println!(
             "paid {} msats for job {}; preimage {}",

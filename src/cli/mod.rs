@@ -173,9 +173,30 @@ pub fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            if payment_in_doubt(&e) {
+                ExitCode::from(EXIT_PAYMENT_UNKNOWN)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
+}
+
+/// Exit code of a command that sent a payment whose outcome nobody could tell: distinct from a
+/// failure, because the money may have moved (see `pylon wallet history`).
+pub(crate) const EXIT_PAYMENT_UNKNOWN: u8 = 3;
+
+/// Whether `e` says a payment may or may not have happened.
+fn payment_in_doubt(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<crate::buyer::BuyerError>(),
+            Some(crate::buyer::BuyerError::PaymentUnknown { .. })
+        ) || matches!(
+            cause.downcast_ref::<crate::wallet::WalletError>(),
+            Some(crate::wallet::WalletError::Unknown { .. })
+        )
+    })
 }
 
 async fn run(command: Command, ctx: Context) -> anyhow::Result<ExitCode> {

@@ -160,7 +160,38 @@ async fn market(
     let (wallet, _) = resolve::connect(&identity, &config, &config.relays).await?;
     let wallet: Arc<dyn Wallet> = Arc::new(wallet);
     let store = Arc::new(Store::open(ctx.home.root())?);
-    let buyer = Arc::new(Buyer::start(keys, relay.clone(), Some(wallet), store).await?);
+    let limits = config.buyer.limits();
+    let buyer =
+        Arc::new(Buyer::start(keys, relay.clone(), Some(wallet), store.clone(), limits).await?);
+    // Check the money before asking anyone to work: a map that cannot pay leaves providers with
+    // unpaid invoices.
+    let needed = args
+        .budget
+        .saturating_mul(1000)
+        .min((files.len() as u64).saturating_mul(args.max_price_msats));
+    let balance = buyer.balance_msat().await?;
+    if balance < needed {
+        bail!(
+            "balance {} sats < budget {} sats — fund it with `pylon wallet faucet {}`",
+            balance / 1000,
+            needed.div_ceil(1000),
+            needed.div_ceil(1000).max(1000)
+        );
+    }
+    if let Some(daily) = limits.max_daily_msats {
+        let spent = store
+            .payments()
+            .spent_since(crate::store::now_ms().saturating_sub(24 * 3600 * 1000))?;
+        let left = daily.saturating_sub(spent);
+        if needed > left {
+            bail!(
+                "this map may cost {} sats but only {} sats are left today under [buyer] max_daily_sats                  ({} sats): lower --budget or raise the cap in config.toml",
+                needed.div_ceil(1000),
+                left / 1000,
+                daily / 1000
+            );
+        }
+    }
     let providers = args
         .providers
         .iter()

@@ -127,6 +127,7 @@ pub(crate) async fn web(ctx: &Context, args: WebArgs) -> anyhow::Result<ExitCode
         client,
         store: personal_store(ctx),
         notices: Vec::new(),
+        trust: ctx.config()?.trusted_hubs(),
     });
     let running = web::serve(args.bind, state)
         .await

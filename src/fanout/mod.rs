@@ -25,7 +25,7 @@ use self::aggregate::{FileProvenance, MappedFile};
 use self::select::{Candidate, Ended, Pool};
 use self::walk::{Skipped, SourceFile};
 use crate::bench::Latency;
-use crate::buyer::{Buyer, WaitOptions};
+use crate::buyer::{Buyer, BuyerError, Payment, WaitOptions};
 use crate::protocol::code_analysis::Analysis;
 use crate::protocol::kinds;
 use crate::protocol::nip90::{JobInput, NewJob};
@@ -133,32 +133,13 @@ pub enum FanoutError {
 struct Shared {
     pool: Mutex<Pool>,
     progress: Mutex<Progress>,
-    budget: Mutex<Budget>,
     stragglers: Mutex<usize>,
     rejected: Mutex<usize>,
 }
 
-#[derive(Debug, Default)]
-struct Budget {
-    cap: Option<u64>,
-    spent: u64,
-    reserved: u64,
-    exhausted: bool,
-}
-
-impl Budget {
-    fn reserve(&mut self, amount: u64) -> bool {
-        let ok = self
-            .cap
-            .is_none_or(|cap| self.spent + self.reserved + amount <= cap);
-        if ok {
-            self.reserved += amount;
-        } else {
-            self.exhausted = true;
-        }
-        ok
-    }
-}
+/// How long a file whose payment is in doubt keeps asking the wallet before it is given up
+/// (unpaid, never re-dispatched: a second provider must not be paid for a file that may be paid).
+const RESOLVE_FOR: Duration = Duration::from_secs(150);
 
 /// Maps `files` through the market. `progress` is called as counts change.
 pub async fn map_market(
@@ -174,15 +155,15 @@ pub async fn map_market(
         return Err(FanoutError::NoProviders(options.max_price_msats));
     }
     let started = Instant::now();
+    // The buyer owns spending: the budget is its hard cap, counted from what the wallet was asked
+    // to pay; the coordinator only reserves from it to pace dispatch.
+    buyer.spending().set_budget(options.budget_msats);
+    let committed_before = buyer.spending().budget().committed;
     let shared = Arc::new(Shared {
         pool: Mutex::new(Pool::new(candidates)),
         progress: Mutex::new(Progress {
             total: files.len(),
             ..Progress::default()
-        }),
-        budget: Mutex::new(Budget {
-            cap: options.budget_msats,
-            ..Budget::default()
         }),
         stragglers: Mutex::new(0),
         rejected: Mutex::new(0),
@@ -229,13 +210,13 @@ pub async fn map_market(
     }
     progress(&lock(&shared.progress));
     let provenance = provenance(relay, &buyer, &mapped).await;
-    let budget = lock(&shared.budget);
+    let budget = buyer.spending().budget();
     let report = Report {
         files: files.len(),
         mapped: mapped.len(),
         failed,
         skipped: Vec::new(),
-        spent_msats: budget.spent,
+        spent_msats: budget.committed.saturating_sub(committed_before),
         wall_secs: crate::bench::round3(started.elapsed().as_secs_f64()),
         per_file_ms: Latency::of(&latencies),
         providers_used: lock(&shared.pool).used(),
@@ -292,7 +273,7 @@ async fn attempts(
         // Providers (and reserved prices) of attempts still running.
         let mut running: Vec<(PublicKey, u64)> = Vec::new();
         let Some((who, first)) = launch(file, buyer, shared, options, tried) else {
-            return Err(if lock(&shared.budget).exhausted {
+            return Err(if buyer.spending().budget().exhausted {
                 "budget exhausted".into()
             } else {
                 last
@@ -316,29 +297,50 @@ async fn attempts(
                 done = racing.next() => {
                     let Some((provider, price, result)) = done else { break };
                     running.retain(|(p, _)| *p != provider);
-                    lock(&shared.budget).reserved -= price;
+                    buyer.spending().release(price);
                     match check(file, sha, result) {
                         Ok((analysis, job_id, amount)) => {
-                            match buyer.pay_amount(&job_id, &amount, Some(options.max_price_msats)).await {
-                                Ok(paid) => {
-                                    {
-                                        let mut budget = lock(&shared.budget);
-                                        budget.spent += paid.amount_msat;
-                                        lock(&shared.progress).sats_spent = budget.spent / 1000;
-                                    }
+                            let paid = match buyer
+                                .pay_amount(&job_id, &provider, &amount, Some(options.max_price_msats))
+                                .await
+                            {
+                                // Sent, no word back: find out before anything else happens to
+                                // this file. Re-dispatching now could pay for it twice.
+                                Err(BuyerError::PaymentUnknown { .. }) => {
+                                    settle_in_doubt(buyer, &job_id).await
+                                }
+                                other => other.map(Some),
+                            };
+                            match paid {
+                                Ok(Some(_)) => {
+                                    lock(&shared.progress).sats_spent =
+                                        buyer.spending().budget().committed / 1000;
                                     let mut pool = lock(&shared.pool);
                                     pool.settle(&provider, Ended::Success);
                                     // The first valid result wins; duplicates still running are
                                     // dropped unpaid, and their reservations released.
                                     for (p, reserved) in running.drain(..) {
                                         pool.settle(&p, Ended::Abandoned);
-                                        lock(&shared.budget).reserved -= reserved;
+                                        buyer.spending().release(reserved);
                                     }
                                     return Ok(MappedFile {
                                         analysis,
                                         provider: provider.to_hex(),
                                         job_id: job_id.to_hex(),
                                     });
+                                }
+                                Ok(None) => {
+                                    last = "payment did not go through".into();
+                                    lock(&shared.pool).settle(&provider, Ended::Failure);
+                                }
+                                Err(e @ BuyerError::PaymentUnknown { .. }) => {
+                                    // Still unknown: give the file up rather than risk a second
+                                    // payment. Attempts still racing are dropped unpaid.
+                                    for (p, reserved) in running.drain(..) {
+                                        lock(&shared.pool).settle(&p, Ended::Abandoned);
+                                        buyer.spending().release(reserved);
+                                    }
+                                    return Err(e.to_string());
                                 }
                                 Err(e) => {
                                     last = format!("payment failed: {e}");
@@ -376,7 +378,7 @@ fn launch<'a>(
 ) -> Option<((PublicKey, u64), Attempt<'a>)> {
     let candidate = lock(&shared.pool).take(tried)?;
     let price = candidate.price_msats;
-    if !lock(&shared.budget).reserve(price) {
+    if !buyer.spending().reserve(price) {
         lock(&shared.pool).settle(&candidate.pubkey, Ended::Abandoned);
         return None;
     }
@@ -402,6 +404,29 @@ fn launch<'a>(
             (provider, price, r)
         }),
     ))
+}
+
+/// Asks the wallet, with back-off, what became of a payment whose answer never came: paid
+/// (`Some`), known not to have happened (`None`), or still unknown after [`RESOLVE_FOR`].
+async fn settle_in_doubt(buyer: &Buyer, job_id: &EventId) -> Result<Option<Payment>, BuyerError> {
+    let deadline = Instant::now() + RESOLVE_FOR;
+    let mut wait = Duration::from_secs(1);
+    loop {
+        let prior = buyer.payment_of(job_id)?;
+        let Some(prior) = prior else {
+            return Ok(None);
+        };
+        match buyer.resolve(&prior).await {
+            Err(e @ BuyerError::PaymentUnknown { .. }) if Instant::now() + wait >= deadline => {
+                return Err(e)
+            }
+            Err(BuyerError::PaymentUnknown { .. }) => {
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(10));
+            }
+            other => return other,
+        }
+    }
 }
 
 /// Verifies an attempt's result: a result at all, our schema, the hash of the file we sent.

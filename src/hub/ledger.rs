@@ -12,9 +12,10 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use crate::bolt11::{self as invoice, NewInvoice};
 use crate::protocol::nip47::{
-    ErrorBody, ErrorCode, ListTransactionsParams, Response, Transaction, TransactionState,
-    TransactionType,
+    ErrorBody, ErrorCode, ListTransactionsParams, Response, Transaction, TransactionMetadata,
+    TransactionState, TransactionType,
 };
+use crate::protocol::settlement::Attestation;
 
 /// Storage failures (not business-rule refusals, which are [`ErrorBody`]s).
 #[derive(Debug, thiserror::Error)]
@@ -606,6 +607,21 @@ struct InvoiceRow {
 impl InvoiceRow {
     fn as_incoming(&self) -> Transaction {
         let settled = self.state == "settled";
+        // The statement the service seals with its node key: the settling party's word that
+        // money moved, which no payee can make up.
+        let metadata = match (&self.payer, self.settled_at) {
+            (Some(payer), Some(at)) if settled => Some(TransactionMetadata {
+                pylon_settlement: Some(Attestation::statement(
+                    &self.payment_hash,
+                    self.amount_msat,
+                    at,
+                    payer,
+                    &self.payee,
+                )),
+                other: Default::default(),
+            }),
+            _ => None,
+        };
         Transaction {
             kind: TransactionType::Incoming,
             state: Some(if settled {
@@ -616,14 +632,16 @@ impl InvoiceRow {
             invoice: Some(self.bolt11.clone()),
             description: self.description.clone(),
             description_hash: self.description_hash.clone(),
-            // The payee owns the preimage; it is revealed to the payer only once paid.
-            preimage: Some(self.preimage.clone()),
+            // Revealed to anyone only once paid, the payee included: a payee that held the
+            // preimage of an unpaid invoice could "prove" a payment that never happened.
+            preimage: settled.then(|| self.preimage.clone()),
             payment_hash: self.payment_hash.clone(),
             amount: self.amount_msat,
             fees_paid: 0,
             created_at: self.created_at,
             expires_at: Some(self.expires_at),
             settled_at: self.settled_at,
+            metadata,
         }
     }
 

@@ -136,7 +136,7 @@ impl Service {
             &self.keys,
             &capabilities,
             &[PAYMENT_RECEIVED, PAYMENT_SENT],
-            Some("regtest"),
+            Some(("regtest", &self.node_pubkey)),
         )
     }
 
@@ -318,7 +318,7 @@ impl Service {
                 };
                 let response = match hash {
                     Ok(hash) => match ledger.lookup(&me, &hash)? {
-                        Some(tx) => Response::ok(method, tx),
+                        Some(tx) => Response::ok(method, self.sealed(tx)),
                         None => Response::err(
                             method,
                             ErrorBody::new(ErrorCode::NotFound, "no such invoice"),
@@ -332,7 +332,11 @@ impl Service {
                 Response::ok(
                     method,
                     ListTransactionsResult {
-                        transactions: ledger.list(&me, &params, now)?,
+                        transactions: ledger
+                            .list(&me, &params, now)?
+                            .into_iter()
+                            .map(|tx| self.sealed(tx))
+                            .collect(),
                     },
                 ),
                 None,
@@ -418,7 +422,7 @@ impl Service {
             };
             let note = Notification {
                 notification_type: kind.to_string(),
-                notification: tx.clone(),
+                notification: self.sealed(tx.clone()),
             };
             let known = self.schemes.lock().ok().and_then(|s| s.get(&pk).copied());
             let schemes = match known {
@@ -433,6 +437,24 @@ impl Service {
         out
     }
 
+    /// Signs the settlement statement the ledger attached to a settled transaction with the
+    /// node key that signed the invoice, so a verifier can hold the hub to its word.
+    fn sealed(&self, mut tx: nip47::Transaction) -> nip47::Transaction {
+        if let Some(a) = tx
+            .metadata
+            .as_mut()
+            .and_then(|m| m.pylon_settlement.as_mut())
+        {
+            a.seal(&self.node_key);
+        }
+        tx
+    }
+
+    /// The node key's public half (hex): what invoices and attestations are signed with.
+    pub fn node_pubkey(&self) -> &str {
+        &self.node_pubkey
+    }
+
     fn lock_recent(&self) -> std::sync::MutexGuard<'_, Recent> {
         self.recent.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -445,13 +467,15 @@ fn pending_transaction(new: &invoice::NewInvoice) -> nip47::Transaction {
         invoice: Some(new.bolt11.clone()),
         description: new.description.clone(),
         description_hash: new.description_hash.clone(),
-        preimage: Some(new.preimage.clone()),
+        // Not even the payee learns the preimage before the invoice settles (see ledger.rs).
+        preimage: None,
         payment_hash: new.payment_hash.clone(),
         amount: new.amount_msat,
         fees_paid: 0,
         created_at: new.created_at,
         expires_at: Some(new.expires_at),
         settled_at: None,
+        metadata: None,
     }
 }
 

@@ -19,6 +19,11 @@ pub enum FailureCode {
     BidTooLow,
     /// The payment did not go through.
     PaymentFailed,
+    /// The payment was sent but its outcome is unknown (the wallet did not answer in time); it
+    /// is never retried blindly.
+    PaymentUnknown,
+    /// Results came, but none the buyer could accept (over the bid, wrong job, bad invoice).
+    InvalidResult,
     /// The input is missing, oversized, binary or malformed.
     InvalidInput,
     /// The buyer sent too many jobs.
@@ -43,6 +48,8 @@ impl FailureCode {
             Self::ModelMissing => "model-missing",
             Self::BidTooLow => "bid-too-low",
             Self::PaymentFailed => "payment-failed",
+            Self::PaymentUnknown => "payment-unknown",
+            Self::InvalidResult => "invalid-result",
             Self::InvalidInput => "invalid-input",
             Self::RateLimited => "rate-limited",
             Self::UnpaidInvoices => "unpaid-invoices",
@@ -61,6 +68,8 @@ impl FailureCode {
             "model-missing" => Self::ModelMissing,
             "bid-too-low" => Self::BidTooLow,
             "payment-failed" => Self::PaymentFailed,
+            "payment-unknown" => Self::PaymentUnknown,
+            "invalid-result" => Self::InvalidResult,
             "invalid-input" => Self::InvalidInput,
             "rate-limited" => Self::RateLimited,
             "unpaid-invoices" => Self::UnpaidInvoices,
@@ -101,6 +110,8 @@ mod tests {
             FailureCode::BidTooLow,
             FailureCode::InvalidInput,
             FailureCode::UnpaidInvoices,
+            FailureCode::PaymentUnknown,
+            FailureCode::InvalidResult,
         ] {
             assert_eq!(FailureCode::parse(code.as_str()), code);
         }

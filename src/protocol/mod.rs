@@ -5,7 +5,8 @@
 //! - [`failure`] — the one failure taxonomy;
 //! - [`nip90`] — job requests, results and feedback;
 //! - [`nip89`] — provider announcements; [`heartbeat`] — liveness;
-//! - [`receipt`] — payment receipts anyone can verify;
+//! - [`receipt`] — payment receipts anyone can verify; [`settlement`] — the hub's signed word that money moved;
+//! - [`payment_link`] — what an invoice description says about job and provider;
 //! - [`nip47`] — Nostr Wallet Connect messages, encryption negotiation and event builders.
 //!
 //! Parsers here are defensive: they take events from anyone on the network and return errors,
@@ -18,5 +19,7 @@ pub mod kinds;
 pub mod nip47;
 pub mod nip89;
 pub mod nip90;
+pub mod payment_link;
 pub mod receipt;
+pub mod settlement;
 pub mod tags;

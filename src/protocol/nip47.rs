@@ -604,6 +604,33 @@ pub struct Transaction {
     /// Settlement time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub settled_at: Option<u64>,
+    /// NIP-47's free-form `metadata`; a Pylon hub puts its settlement attestation here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<TransactionMetadata>,
+}
+
+/// A transaction's `metadata` object: what Pylon reads from it, and everything else kept as is.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransactionMetadata {
+    /// The settling hub's signed statement (settled transactions of a Pylon hub).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pylon_settlement: Option<crate::protocol::settlement::Attestation>,
+    /// Other wallets' metadata.
+    #[serde(flatten)]
+    pub other: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Transaction {
+    /// The settlement attestation, when the wallet gave one.
+    pub fn attestation(&self) -> Option<&crate::protocol::settlement::Attestation> {
+        self.metadata.as_ref()?.pylon_settlement.as_ref()
+    }
+
+    /// Whether the transaction has settled (the state, or a settlement time from wallets that
+    /// predate `state`).
+    pub fn is_settled(&self) -> bool {
+        self.state == Some(TransactionState::Settled) || self.settled_at.is_some()
+    }
 }
 
 /// `list_transactions` result.
@@ -642,6 +669,9 @@ pub struct WalletInfo {
     pub notifications: Vec<String>,
     /// Set by a Pylon hub, with its network.
     pub pylon_hub_network: Option<String>,
+    /// The node key a Pylon hub signs invoices and settlement attestations with (hex). The info
+    /// event is signed by the service key, so this binds the two for verifiers.
+    pub node: Option<String>,
 }
 
 impl WalletInfo {
@@ -675,6 +705,7 @@ impl WalletInfo {
             } else {
                 None
             },
+            node: tags::first(event, NODE_TAG).map(str::to_lowercase),
         })
     }
 
@@ -688,20 +719,24 @@ impl WalletInfo {
     }
 }
 
-/// Builds a wallet service's info event.
+/// The info-event tag naming a Pylon hub's node key.
+pub const NODE_TAG: &str = "node";
+
+/// Builds a wallet service's info event. A Pylon hub passes its network and its node key.
 pub fn info_event(
     keys: &Keys,
     capabilities: &[&str],
     notifications: &[&str],
-    pylon_hub_network: Option<&str>,
+    pylon_hub: Option<(&str, &str)>,
 ) -> Result<Event, Nip47Error> {
     let mut tags = vec![
         Tag::custom(TagKind::custom("encryption"), ["nip44_v2 nip04"]),
         Tag::custom(TagKind::custom("notifications"), [notifications.join(" ")]),
     ];
-    if let Some(network) = pylon_hub_network {
+    if let Some((network, node)) = pylon_hub {
         tags.push(Tag::hashtag(HUB_MARKER));
         tags.push(Tag::custom(TagKind::custom("network"), [network]));
+        tags.push(Tag::custom(TagKind::custom(NODE_TAG), [node]));
     }
     EventBuilder::new(kinds::NWC_INFO, capabilities.join(" "))
         .tags(tags)
@@ -1008,6 +1043,7 @@ mod tests {
                 created_at: 1,
                 expires_at: None,
                 settled_at: Some(2),
+                metadata: None,
             },
         };
         let evs = notification_events(
@@ -1036,12 +1072,13 @@ mod tests {
             &wallet,
             &["get_info", "pay_invoice", "notifications"],
             &[PAYMENT_RECEIVED, PAYMENT_SENT],
-            Some("regtest"),
+            Some(("regtest", "02aa")),
         )
         .expect("info");
         let info = WalletInfo::from_event(&ev).expect("info");
         assert_eq!(info.preferred_encryption(), Encryption::Nip44V2);
         assert_eq!(info.pylon_hub_network.as_deref(), Some("regtest"));
+        assert_eq!(info.node.as_deref(), Some("02aa"));
         assert!(info.capabilities.contains(&"pay_invoice".to_string()));
         assert_eq!(info.notifications.len(), 2);
         // Another wallet's info without an encryption tag speaks NIP-04 only.
@@ -1051,5 +1088,6 @@ mod tests {
         let info = WalletInfo::from_event(&plain).expect("info");
         assert_eq!(info.preferred_encryption(), Encryption::Nip04);
         assert!(info.pylon_hub_network.is_none());
+        assert!(info.node.is_none());
     }
 }

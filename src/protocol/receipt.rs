@@ -1,13 +1,21 @@
 //! Payment receipts (kind 7001), signed by the provider once its invoice has settled. They tie
 //! request, result, buyer, amount and invoice together, and carry the preimage: anyone can check
 //! `sha256(preimage) = payment hash` and that the invoice is the one the result asked for.
+//!
+//! A preimage alone proves nothing (the payee always knows its own), so a receipt also carries
+//! the settling hub's [`Attestation`] when the wallet gave one: the hub's signature, with the
+//! node key that signed the invoice, that the invoice was paid.
 
 use nostr_sdk::{Event, EventBuilder, EventId, Keys, PublicKey, Tag, TagStandard, Timestamp};
 use serde::Serialize;
 
 use super::kinds;
 use super::nip90::ProtocolError;
+use super::settlement::{Attestation, AttestationError};
 use super::tags;
+
+/// The receipt tag carrying the settlement attestation.
+const SETTLEMENT_TAG: &str = "settlement";
 
 /// A receipt's facts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -30,6 +38,8 @@ pub struct Receipt {
     pub payment_hash: String,
     /// Proof of payment.
     pub preimage: String,
+    /// The settling hub's signed statement, when the wallet gave one.
+    pub settlement: Option<Attestation>,
     /// When.
     pub created_at: Option<Timestamp>,
 }
@@ -46,12 +56,15 @@ pub enum ReceiptError {
     /// The invoice's hash or amount differs from the receipt's.
     #[error("invoice does not match the receipt: {0}")]
     Mismatch(&'static str),
+    /// The settlement attestation is invalid or about something else.
+    #[error(transparent)]
+    Settlement(#[from] AttestationError),
 }
 
 impl Receipt {
     /// Signs the receipt as the provider.
     pub fn to_event(&self, keys: &Keys) -> Result<Event, ProtocolError> {
-        let t = vec![
+        let mut t = vec![
             Tag::from_standardized(TagStandard::Event {
                 event_id: self.request_id,
                 relay_url: None,
@@ -71,6 +84,9 @@ impl Receipt {
             tags::custom("payment_hash", [self.payment_hash.as_str()]),
             tags::custom("preimage", [self.preimage.as_str()]),
         ];
+        if let Some(a) = &self.settlement {
+            t.push(tags::custom(SETTLEMENT_TAG, a.to_tag_values()));
+        }
         EventBuilder::new(kinds::RECEIPT, "")
             .tags(t)
             .sign_with_keys(keys)
@@ -110,6 +126,15 @@ impl Receipt {
                 .map(str::to_string)
                 .ok_or(ProtocolError::MissingTag(name))
         };
+        let payment_hash = text("payment_hash")?;
+        let settlement = match tags::values(event, SETTLEMENT_TAG) {
+            Some(values) => Some(
+                Attestation::from_tag_values(values, &payment_hash, amount_msats).ok_or_else(
+                    || ProtocolError::BadTag("settlement", "not a settlement attestation".into()),
+                )?,
+            ),
+            None => None,
+        };
         Ok(Self {
             id: Some(event.id),
             provider: Some(event.pubkey),
@@ -118,13 +143,16 @@ impl Receipt {
             buyer,
             amount_msats,
             bolt11,
-            payment_hash: text("payment_hash")?,
+            payment_hash,
             preimage: text("preimage")?,
+            settlement,
             created_at: Some(event.created_at),
         })
     }
 
-    /// Checks the proof: preimage ↔ hash, and the invoice's hash and amount.
+    /// Checks what the receipt itself can prove: preimage ↔ hash, the invoice's hash and amount,
+    /// and — when present — that the settlement attestation is signed by the invoice's signer
+    /// and is about this invoice. Whether that signer is a trusted hub is the verifier's call.
     pub fn verify(&self) -> Result<(), ReceiptError> {
         if !crate::bolt11::preimage_matches(&self.preimage, &self.payment_hash) {
             return Err(ReceiptError::Preimage);
@@ -136,6 +164,9 @@ impl Receipt {
         }
         if inv.amount_msat != Some(self.amount_msats) {
             return Err(ReceiptError::Mismatch("amount"));
+        }
+        if let Some(a) = &self.settlement {
+            a.check_invoice(&self.payment_hash, self.amount_msats, &inv.payee)?;
         }
         Ok(())
     }
@@ -167,6 +198,7 @@ mod tests {
             bolt11: inv.bolt11.clone(),
             payment_hash: inv.payment_hash.clone(),
             preimage: inv.preimage.clone(),
+            settlement: Some(sealed(&node, &inv.payment_hash, 2_000)),
             created_at: None,
         };
         let ev = r.to_event(&provider).expect("event");
@@ -182,8 +214,24 @@ mod tests {
         assert_eq!(lying.verify(), Err(ReceiptError::Preimage));
         let inflated = Receipt {
             amount_msats: 3_000,
-            ..back
+            ..back.clone()
         };
         assert_eq!(inflated.verify(), Err(ReceiptError::Mismatch("amount")));
+        // An attestation signed by another node than the invoice's is refused.
+        let other = bitcoin::secp256k1::SecretKey::from_slice(&[4u8; 32]).expect("key");
+        let forged = Receipt {
+            settlement: Some(sealed(&other, &inv.payment_hash, 2_000)),
+            ..back
+        };
+        assert!(matches!(
+            forged.verify(),
+            Err(ReceiptError::Settlement(AttestationError::Mismatch(_)))
+        ));
+    }
+
+    fn sealed(node: &bitcoin::secp256k1::SecretKey, hash: &str, msat: u64) -> Attestation {
+        let mut a = Attestation::statement(hash, msat, 1, "payer", "payee");
+        a.seal(node);
+        a
     }
 }

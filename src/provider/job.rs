@@ -11,6 +11,7 @@ use super::{settle, PaymentMode, Shared};
 use crate::protocol::failure::FailureCode;
 use crate::protocol::nip47::MakeInvoiceParams;
 use crate::protocol::nip90::{Amount, JobRequest, JobResult, JobStatus, NewFeedback};
+use crate::protocol::payment_link;
 use crate::store::{now_ms, JobRecord, JobState, Role, Set, Stamp};
 
 /// Handles one request event end to end. Never panics on what the network sent.
@@ -173,8 +174,11 @@ impl Job<'_> {
             .wallet
             .make_invoice(MakeInvoiceParams {
                 amount: price,
-                // The description names the job, so payment ↔ job ↔ provider is deterministic.
-                description: Some(format!("pylon job {}", self.id())),
+                // Names job and provider, so payment ↔ job ↔ provider is deterministic.
+                description: Some(payment_link::description(
+                    &self.request.id,
+                    &self.s.keys.public_key(),
+                )),
                 description_hash: None,
                 expiry: Some(self.s.options.invoice_expiry_secs),
             })
@@ -222,7 +226,7 @@ impl Job<'_> {
             Set::Time(Stamp::PickedUp, now_ms()),
         ]);
 
-        let mut prepaid: Option<(Amount, String)> = None;
+        let mut prepaid: Option<(Amount, settle::Settled)> = None;
         if s.options.payment == PaymentMode::Before {
             let amount = match self.invoice(price).await {
                 Ok(a) => a,
@@ -240,7 +244,7 @@ impl Job<'_> {
             .await;
             let wait = std::time::Duration::from_secs(s.options.invoice_expiry_secs);
             match tokio::time::timeout(wait, rx).await {
-                Ok(Ok(preimage)) => prepaid = Some((amount, preimage)),
+                Ok(Ok(settled)) => prepaid = Some((amount, settled)),
                 _ => {
                     settle::forget(s, &hash);
                     return self
@@ -325,8 +329,8 @@ impl Job<'_> {
                 .await;
         }
         s.served.fetch_add(1, Ordering::SeqCst);
-        if let Some((_, preimage)) = prepaid {
-            settle::receipt(s, &self.id(), &preimage).await;
+        if let Some((_, settled)) = prepaid {
+            settle::receipt(s, &self.id(), &settled).await;
         }
     }
 

@@ -455,4 +455,4 @@ async fn heartbeats(s: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
 }
 
 /// A one-shot channel used to wake a pay-first job when its invoice settles.
-pub(crate) type PaidSignal = oneshot::Sender<String>;
+pub(crate) type PaidSignal = oneshot::Sender<settle::Settled>;

@@ -12,8 +12,9 @@ use tokio::sync::watch;
 
 use super::{PaidSignal, Shared};
 use crate::protocol::failure::FailureCode;
-use crate::protocol::nip47::{TransactionState, PAYMENT_RECEIVED};
+use crate::protocol::nip47::PAYMENT_RECEIVED;
 use crate::protocol::receipt::Receipt;
+use crate::protocol::settlement::Attestation;
 use crate::store::{now_ms, JobState, Role, Set, Stamp, StoreError};
 
 /// Most invoices looked up per poll tick, so a large backlog never floods the wallet.
@@ -87,8 +88,9 @@ pub(super) async fn watch(s: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
             _ = stopped.changed() => break,
             note = notes.recv() => match note {
                 Ok(n) if n.notification_type == PAYMENT_RECEIVED => {
+                    let proof = n.notification.attestation().cloned();
                     if let Some(preimage) = n.notification.preimage {
-                        paid(&s, &n.notification.payment_hash, preimage).await;
+                        paid(&s, &n.notification.payment_hash, Settled { preimage, proof }).await;
                     }
                 }
                 Ok(_) => {}
@@ -130,9 +132,10 @@ async fn poll(s: &Arc<Shared>) {
     };
     for hash in due {
         match s.wallet.lookup_invoice(hash.clone()).await {
-            Ok(tx) if tx.state == Some(TransactionState::Settled) || tx.settled_at.is_some() => {
+            Ok(tx) if tx.is_settled() => {
+                let proof = tx.attestation().cloned();
                 if let Some(preimage) = tx.preimage {
-                    paid(s, &hash, preimage).await;
+                    paid(s, &hash, Settled { preimage, proof }).await;
                 }
             }
             Ok(_) => {}
@@ -141,7 +144,17 @@ async fn poll(s: &Arc<Shared>) {
     }
 }
 
-async fn paid(s: &Arc<Shared>, payment_hash: &str, preimage: String) {
+/// What the wallet tells a payee once its invoice has settled: the preimage (only now revealed)
+/// and, from a Pylon hub, its signed settlement attestation.
+#[derive(Debug, Clone)]
+pub(crate) struct Settled {
+    /// Proof of payment for the payer; the payee learns it at settlement.
+    pub preimage: String,
+    /// The settling hub's signed statement, embedded in the receipt.
+    pub proof: Option<Attestation>,
+}
+
+async fn paid(s: &Arc<Shared>, payment_hash: &str, settled: Settled) {
     let entry = s
         .pending
         .lock()
@@ -151,14 +164,15 @@ async fn paid(s: &Arc<Shared>, payment_hash: &str, preimage: String) {
     match entry.waiter {
         Some(waiter) => {
             // A pay-first job: it runs now and publishes its receipt after the result.
-            let _ = waiter.send(preimage);
+            let _ = waiter.send(settled);
         }
-        None => receipt(s, &entry.job_id, &preimage).await,
+        None => receipt(s, &entry.job_id, &settled).await,
     }
 }
 
 /// Publishes the receipt of a paid job and records it.
-pub(super) async fn receipt(s: &Arc<Shared>, job_id: &str, preimage: &str) {
+pub(super) async fn receipt(s: &Arc<Shared>, job_id: &str, settled: &Settled) {
+    let preimage = settled.preimage.as_str();
     let rec = match s.store.jobs().get(job_id, Role::Provider) {
         Ok(Some(r)) => r,
         _ => return,
@@ -189,6 +203,7 @@ pub(super) async fn receipt(s: &Arc<Shared>, job_id: &str, preimage: &str) {
         bolt11,
         payment_hash: hash,
         preimage: preimage.to_string(),
+        settlement: settled.proof.clone(),
         created_at: None,
     };
     if let Err(e) = receipt.verify() {

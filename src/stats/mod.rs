@@ -254,6 +254,7 @@ mod tests {
                 bolt11: inv.bolt11.clone(),
                 payment_hash: inv.payment_hash.clone(),
                 preimage: preimage.to_string(),
+                settlement: None,
                 created_at: None,
             }
             .to_event(&self.provider)

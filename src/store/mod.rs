@@ -3,6 +3,7 @@
 //! and `receipts` read, and what lets a restarted node finish what it started.
 
 pub mod jobs;
+pub mod payments;
 pub mod receipts;
 
 use std::path::Path;
@@ -11,6 +12,7 @@ use std::sync::{Mutex, MutexGuard};
 use rusqlite::Connection;
 
 pub use jobs::{JobRecord, JobState, Jobs, ProviderTotals, Role, Set, Stamp};
+pub use payments::{Begin, PaymentRecord, PaymentState, Payments};
 pub use receipts::{Receipts, StoredReceipt};
 
 /// Store failures.
@@ -31,6 +33,7 @@ pub enum StoreError {
 #[derive(Debug)]
 pub struct Store {
     jobs: Mutex<Jobs>,
+    payments: Mutex<Payments>,
     receipts: Mutex<Receipts>,
 }
 
@@ -41,6 +44,7 @@ impl Store {
             .map_err(|e| StoreError::Invalid(format!("{}: {e}", dir.display())))?;
         Ok(Self {
             jobs: Mutex::new(Jobs::open(&dir.join("jobs.db"))?),
+            payments: Mutex::new(Payments::open(&dir.join("jobs.db"))?),
             receipts: Mutex::new(Receipts::open(&dir.join("receipts.db"))?),
         })
     }
@@ -48,6 +52,11 @@ impl Store {
     /// The jobs table. Hold the guard briefly: calls are quick, local SQLite writes.
     pub fn jobs(&self) -> MutexGuard<'_, Jobs> {
         self.jobs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The buyer's payment journal (see [`payments`]).
+    pub fn payments(&self) -> MutexGuard<'_, Payments> {
+        self.payments.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The receipts table.

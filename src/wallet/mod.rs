@@ -37,6 +37,12 @@ pub enum WalletError {
     /// No wallet is configured or discoverable.
     #[error("{0}")]
     NotConfigured(String),
+    /// A payment was sent and the wallet did not say whether it went through.
+    #[error("the payment's outcome is unknown (the wallet did not answer): check `pylon wallet history` before paying again")]
+    Unknown {
+        /// The payment in doubt.
+        payment_hash: String,
+    },
 }
 
 impl WalletError {
@@ -78,4 +84,9 @@ pub trait Wallet: Send + Sync {
     ) -> BoxFuture<'_, Result<Vec<Transaction>, WalletError>>;
     /// Payments received and sent, as they happen.
     fn notifications(&self) -> broadcast::Receiver<Notification>;
+    /// The longest a payment request may stay executable after it was sent: past this, a
+    /// payment the wallet reports as unsettled can no longer settle.
+    fn max_request_age(&self) -> Duration {
+        Duration::from_secs(120)
+    }
 }

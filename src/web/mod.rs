@@ -35,6 +35,8 @@ pub struct WebState {
     pub store: Option<Arc<Store>>,
     /// Shown on the dashboard and in `/api/stats` (e.g. a relay fallback).
     pub notices: Vec<String>,
+    /// Hubs whose settlement attestations job pages accept.
+    pub trust: crate::provenance::TrustedHubs,
 }
 
 impl WebState {
@@ -168,7 +170,7 @@ async fn api_job(State(st): State<Arc<WebState>>, Path(id): Path<String>) -> Res
         )
             .into_response();
     };
-    match crate::provenance::trace(&st.client, job, Duration::from_secs(5)).await {
+    match crate::provenance::trace(&st.client, job, Duration::from_secs(5), &st.trust).await {
         Ok(t) => Json(serde_json::json!({ "job": st.stats.job(&job), "trace": t })).into_response(),
         Err(e) => (
             StatusCode::BAD_GATEWAY,
@@ -182,7 +184,7 @@ async fn job_page(State(st): State<Arc<WebState>>, Path(id): Path<String>) -> Re
     let Ok(job) = EventId::from_hex(&id) else {
         return (StatusCode::BAD_REQUEST, "not a job id\n").into_response();
     };
-    match crate::provenance::trace(&st.client, job, Duration::from_secs(5)).await {
+    match crate::provenance::trace(&st.client, job, Duration::from_secs(5), &st.trust).await {
         Ok(t) => html(pages::job(&t, &st.stats.snapshot().relays)),
         Err(e) => (
             StatusCode::BAD_GATEWAY,

@@ -291,6 +291,13 @@ pub struct Market {
 }
 
 impl Market {
+    /// A verifier's trust in this market's hub, by its service key (resolved on the relay).
+    pub fn trust(&self) -> pylon::provenance::TrustedHubs {
+        let mut t = pylon::provenance::TrustedHubs::none();
+        t.add_service(self.hub_keys.public_key());
+        t
+    }
+
     pub async fn start() -> Self {
         Self::start_with(pylon::hub::HubSettings::default()).await
     }

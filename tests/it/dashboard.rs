@@ -45,9 +45,15 @@ async fn scene() -> Scene {
     .expect("relay");
     let store = Arc::new(Store::open(&root.path().join("buyer")).expect("store"));
     let buyer = Arc::new(
-        Buyer::start(keys, Arc::new(relay), Some(wallet), store.clone())
-            .await
-            .expect("buyer"),
+        Buyer::start(
+            keys,
+            Arc::new(relay),
+            Some(wallet),
+            store.clone(),
+            pylon::buyer::SpendLimits::default(),
+        )
+        .await
+        .expect("buyer"),
     );
     let viewer = Arc::new(
         MarketClient::connect(
@@ -69,6 +75,7 @@ async fn scene() -> Scene {
         client: viewer,
         store: Some(store),
         notices: vec!["the public relay is unreachable: running on the embedded relay".into()],
+        trust: m.trust(),
     });
     let web = web::serve("127.0.0.1:0".parse().expect("addr"), state)
         .await

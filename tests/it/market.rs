@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bitcoin::hashes::Hash as _;
 use nostr_sdk::{EventBuilder, JsonUtil, Keys, Kind, PublicKey, Tag};
-use pylon::buyer::{Buyer, WaitOptions};
+use pylon::buyer::{Buyer, SpendLimits, WaitOptions};
 use pylon::protocol::failure::FailureCode;
 use pylon::protocol::nip90::{Amount, JobInput, JobRequest, JobResult, NewJob};
 use pylon::relay::{MarketClient, Reachability};
@@ -31,9 +31,15 @@ async fn buyer(m: &Market, sats: u64) -> (Buyer, tempfile::TempDir) {
     .expect("relay");
     let store = Arc::new(Store::open(dir.path()).expect("store"));
     let w: Arc<dyn Wallet> = Arc::new(wallet);
-    let b = Buyer::start(keys, Arc::new(relay), Some(w), store)
-        .await
-        .expect("buyer");
+    let b = Buyer::start(
+        keys,
+        Arc::new(relay),
+        Some(w),
+        store,
+        SpendLimits::default(),
+    )
+    .await
+    .expect("buyer");
     (b, dir)
 }
 
@@ -153,6 +159,7 @@ async fn fifty_paid_jobs_across_three_providers() {
             &auditor,
             nostr_sdk::EventId::from_hex(id).expect("id"),
             Duration::from_secs(5),
+            &m.trust(),
         )
         .await
         .expect("trace");
@@ -456,7 +463,7 @@ async fn forged_results_are_rejected() {
         msats: 9_000,
         bolt11: Some("lnbcrt1invalid".into()),
     };
-    assert!(pylon::buyer::verify::invoice(&parsed, &amount, None).is_err());
+    assert!(pylon::buyer::verify::invoice(&parsed, &amount, &provider.public_key(), None).is_err());
     c.shutdown().await;
 }
 
@@ -512,10 +519,27 @@ fn cli_buyer_flow_and_trace_from_a_fresh_home() {
     let receipts: Value = serde_json::from_str(&stdout(&out)).expect("json");
     assert_eq!(receipts.as_array().expect("array").len(), 1);
 
-    // An auditor with a brand-new home (no identity, no store) verifies the whole chain.
+    // An auditor with a brand-new home (no identity, no store) trusts no hub yet: the chain is
+    // complete, but a payee could have made it up, so it does not verify.
     let fresh = root.path().join("auditor");
     let out = pylon(&fresh)
         .args(["--relay", &url, "job", "trace", &job_id, "--json"])
+        .output()
+        .expect("spawn");
+    assert!(!out.status.success(), "verified without a trusted hub");
+    let t: Value = serde_json::from_str(&stdout(&out)).expect("json");
+    assert_eq!(t["verified"], false, "{t}");
+    assert!(
+        t["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("unknown hub")),
+        "{t}"
+    );
+    // Pinning the hub (by its npub, resolved through its signed info event) verifies it.
+    let hub = nostr_sdk::ToBech32::to_bech32(&m.hub_keys.public_key()).expect("npub");
+    let out = pylon(&fresh)
+        .args(["--relay", &url, "job", "trace", &job_id, "--json"])
+        .args(["--trust-hub", &hub])
         .output()
         .expect("spawn");
     assert!(out.status.success(), "{}", stderr(&out));
@@ -779,8 +803,9 @@ fn pay_later_by_job_id_and_the_receipt_follows() {
     assert_eq!(paid["amount_msat"], 1000);
     // The provider notices the payment and publishes the receipt: the trace verifies.
     let mut verified = false;
+    let hub = m.hub_keys.public_key().to_hex();
     for _ in 0..50 {
-        let out = run(&["job", "trace", &job_id, "--json"]);
+        let out = run(&["job", "trace", &job_id, "--json", "--trust-hub", &hub]);
         let t: Value = serde_json::from_str(&stdout(&out)).expect("json");
         if t["verified"] == true {
             verified = true;
@@ -852,7 +877,7 @@ async fn a_request_no_relay_confirms_is_followed_and_sent_again() {
     .await
     .expect("relay");
     let store = Arc::new(Store::open(dir.path()).expect("store"));
-    let buyer = Buyer::start(keys, Arc::new(relay), None, store)
+    let buyer = Buyer::start(keys, Arc::new(relay), None, store, SpendLimits::default())
         .await
         .expect("buyer");
     let job = NewJob {

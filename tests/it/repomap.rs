@@ -53,7 +53,7 @@ async fn traces_verify(m: &Appliance, mapped: &[aggregate::MappedFile]) {
         .expect("auditor");
     for f in mapped {
         let id = EventId::from_hex(&f.job_id).expect("job id");
-        let t = pylon::provenance::trace(&auditor, id, Duration::from_secs(5))
+        let t = pylon::provenance::trace(&auditor, id, Duration::from_secs(5), &m.trusted_hubs())
             .await
             .expect("trace");
         assert!(t.verified, "{}: {:?}", f.analysis.path, t.reason);

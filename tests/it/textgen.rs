@@ -126,6 +126,7 @@ async fn paid_text_generation_on_a_real_model() {
         &auditor,
         nostr_sdk::EventId::from_hex(&o.job_id).expect("id"),
         Duration::from_secs(5),
+        &m.trusted_hubs(),
     )
     .await
     .expect("trace");
