@@ -465,15 +465,28 @@ impl Buyer {
                 // provider's invoice) is recorded and ignored: an honest answer may still come.
                 if out.payment.is_none() {
                     if let Some(amount) = &parsed.amount {
-                        if let Err(e) =
+                        let explicit = request.bid_msats.is_some() || options.max_msats.is_some();
+                        let refused =
                             verify::invoice(&request, amount, &parsed.provider, options.max_msats)
-                        {
+                                .map(|_| ())
+                                .map_err(BuyerError::from)
+                                .and_then(|()| {
+                                    if options.auto_pay {
+                                        self.spending.check_job_cap(amount.msats, explicit)?;
+                                    }
+                                    Ok(())
+                                });
+                        if let Err(e) = refused {
                             tracing::warn!(job = %id, "ignoring result {} from {}: {e}", event.id, parsed.provider);
-                            errors.push((FailureCode::InvalidResult, e.to_string()));
+                            let code = match e {
+                                BuyerError::Spending(_) => FailureCode::PaymentFailed,
+                                _ => FailureCode::InvalidResult,
+                            };
+                            errors.push((code.clone(), e.to_string()));
                             if !request.providers.is_empty() {
                                 return Ok(self.failed(
                                     out,
-                                    FailureCode::InvalidResult,
+                                    code,
                                     format!("the provider's result was refused: {e}"),
                                 ));
                             }

@@ -140,6 +140,19 @@ impl Spending {
         b.reserved = b.reserved.saturating_sub(amount);
     }
 
+    /// The per-job cap alone: whether a job that names no limit may be paid `asked` msats.
+    /// Lets a buyer pass over an answer it would never pay while others may still come.
+    pub fn check_job_cap(&self, asked: u64, explicit_limit: bool) -> Result<(), SpendRefused> {
+        if explicit_limit {
+            return Ok(());
+        }
+        match self.limits.max_job_msats {
+            None => Err(SpendRefused::NoLimit),
+            Some(cap) if asked > cap => Err(SpendRefused::OverJobCap { asked, cap }),
+            Some(_) => Ok(()),
+        }
+    }
+
     /// Decides whether `asked` msats may be paid, given `spent_today` (what may have been spent
     /// in the last 24 h) and whether the job or caller set its own limit; on yes, commits it to
     /// the run budget. Call inside the journal's transaction ([`crate::store::Payments::begin`]).
@@ -149,13 +162,7 @@ impl Spending {
         spent_today: u64,
         explicit_limit: bool,
     ) -> Result<(), SpendRefused> {
-        if !explicit_limit {
-            match self.limits.max_job_msats {
-                None => return Err(SpendRefused::NoLimit),
-                Some(cap) if asked > cap => return Err(SpendRefused::OverJobCap { asked, cap }),
-                Some(_) => {}
-            }
-        }
+        self.check_job_cap(asked, explicit_limit)?;
         if let Some(cap) = self.limits.max_daily_msats {
             if spent_today.saturating_add(asked) > cap {
                 return Err(SpendRefused::OverDaily {

@@ -225,11 +225,16 @@ pub fn verify(
     } else {
         "no receipt: the result was not paid, or its receipt is not on these relays".to_string()
     };
+    // How far the best failing receipt got (see `check_pair`); results that fail their own
+    // checks rank below any receipt.
+    let mut best: Option<u8> = None;
     let mut paid: Option<(EventId, EventId)> = None;
     let mut verdicts: Vec<(EventId, String)> = Vec::new();
     for (result_event, result) in &results {
         if let Err(e) = check_result(&request, result_event, result, &claimers) {
-            problem = e;
+            if best.is_none() {
+                problem = e;
+            }
             continue;
         }
         for (receipt_event, receipt) in &receipts {
@@ -259,8 +264,9 @@ pub fn verify(
                     receipt_event.id,
                     "a second receipt for a job already receipted: not counted".into(),
                 )),
-                Err(e) => {
-                    if paid.is_none() {
+                Err((stage, e)) => {
+                    if paid.is_none() && best.is_none_or(|b| stage >= b) {
+                        best = Some(stage);
                         problem = e.clone();
                     }
                     verdicts.push((receipt_event.id, e));
@@ -354,6 +360,8 @@ fn check_result(
 
 /// What a receipt must satisfy for `result`: the same signer, the invoice the result asked to
 /// be paid, the payment link, the preimage, and a trusted hub's attestation of settlement.
+/// A refusal carries how far the receipt got (higher: closer to proving a payment), so the
+/// verdict names the most telling problem when several receipts fail.
 fn check_pair(
     request: &JobRequest,
     result_event: &Event,
@@ -361,45 +369,63 @@ fn check_pair(
     receipt_event: &Event,
     receipt: &Receipt,
     trust: &TrustedHubs,
-) -> Result<(), String> {
+) -> Result<(), (u8, String)> {
+    let at = |stage: u8| move |m: String| (stage, m);
     if receipt_event.pubkey != result_event.pubkey {
-        return Err("the receipt is not signed by the provider of the result".into());
+        return Err((
+            0,
+            "the receipt is not signed by the provider of the result".into(),
+        ));
     }
     if receipt.buyer != request.buyer {
-        return Err("the receipt names another buyer".into());
+        return Err((0, "the receipt names another buyer".into()));
     }
     let amount = result
         .amount
         .as_ref()
-        .ok_or("the receipted result asked for no payment")?;
+        .ok_or((0, "the receipted result asked for no payment".to_string()))?;
     if amount.bolt11.as_deref().map(str::to_ascii_lowercase)
         != Some(receipt.bolt11.to_ascii_lowercase())
     {
-        return Err(
+        return Err((
+            1,
             "the receipt is for a different invoice than the result asked to be paid".into(),
-        );
+        ));
     }
     if amount.msats != receipt.amount_msats {
-        return Err("the receipt's amount differs from the result's".into());
+        return Err((1, "the receipt's amount differs from the result's".into()));
     }
-    receipt.verify().map_err(|e| format!("receipt: {e}"))?;
-    let decoded = crate::bolt11::decode(&receipt.bolt11).map_err(|e| format!("invoice: {e}"))?;
+    receipt
+        .verify()
+        .map_err(|e| format!("receipt: {e}"))
+        .map_err(at(2))?;
+    let decoded = crate::bolt11::decode(&receipt.bolt11)
+        .map_err(|e| format!("invoice: {e}"))
+        .map_err(at(2))?;
     payment_link::check(
         decoded.description.as_deref(),
         &request.id,
         &result_event.pubkey,
         true,
     )
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| (2, e.to_string()))?;
     let Some(settlement) = &receipt.settlement else {
-        return Err("no settlement attestation: the receipt proves only that the payee knows                     its own preimage, not that anyone paid"
-            .into());
+        return Err((
+            3,
+            "no settlement attestation: the receipt proves only that the payee knows its own \
+             preimage, not that anyone paid"
+                .into(),
+        ));
     };
     // `receipt.verify()` checked the attestation's signature and that the invoice's signer made it.
     if !trust.trusts(&settlement.node) {
-        return Err(format!(
-            "unverified: unknown hub {} attested the settlement; trust it with              `--trust-hub <its npub or node key>` or `[trust] hubs` in config.toml",
-            settlement.node
+        return Err((
+            4,
+            format!(
+                "unverified: unknown hub {} attested the settlement; trust it with \
+                 `--trust-hub <its npub or node key>` or `[trust] hubs` in config.toml",
+                settlement.node
+            ),
         ));
     }
     Ok(())

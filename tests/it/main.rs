@@ -15,3 +15,4 @@ mod relay_process;
 mod relay_protocol;
 mod repomap;
 mod textgen;
+mod trust;
