@@ -150,6 +150,15 @@ impl Spawned {
             .to_string()
     }
 
+    /// Sends `signal` (e.g. "STOP", "CONT") and returns at once.
+    pub fn send(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -{signal} failed");
+    }
+
     /// Sends `signal` (e.g. "TERM", "KILL") and waits for the exit status.
     pub fn signal(mut self, signal: &str) -> std::process::ExitStatus {
         let pid = self.child.id().to_string();

@@ -10,6 +10,7 @@ mod fallback;
 mod hub_process;
 mod hub_wallet;
 mod market;
+mod paid_once;
 mod quality;
 mod relay_process;
 mod relay_protocol;

@@ -1,0 +1,157 @@
+//! A payment is made once or not at all, and the payer finds out which — with the real processes:
+//! a `pylon hub` that is frozen (SIGSTOP) while a payment is in flight, and a buyer killed
+//! between sending a payment and hearing the answer.
+
+use std::time::{Duration, Instant};
+
+use nostr_sdk::{Filter, Keys, Kind, RelayPoolNotification};
+use pylon::relay::{MarketClient, Reachability};
+use serde_json::Value;
+
+use crate::common::{
+    init_home, pylon, start_hub_process, start_node_process, stderr, stdout, Home, RelayProcess,
+    PASS,
+};
+
+fn json(out: &std::process::Output) -> Value {
+    assert!(out.status.success(), "failed: {}", stderr(out));
+    serde_json::from_str(&stdout(out)).unwrap_or_else(|e| panic!("{e}: {}", stdout(out)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_buyer_killed_mid_payment_finds_it_paid_and_never_pays_twice() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let op = root.path().join("op");
+    init_home(&op);
+    let relay = RelayProcess::start(&op, &op.join("relay"));
+    let url = relay.url.clone();
+    let (hub, hub_key) = start_hub_process(&op, &url);
+    let provider = Home::new(root.path().join("provider"));
+    let _node = start_node_process(&provider.path, &[&url], &[]);
+    let buyer = Home::new(root.path().join("buyer"));
+    let run = |args: &[&str]| crate::common::pylon_at(&buyer.path, &url, args);
+    json(&run(&["wallet", "faucet", "100", "--json"]));
+    let o = json(&run(&[
+        "job",
+        "submit",
+        "code-analysis",
+        "--input",
+        "fn x() {}",
+        "--param",
+        "path=x.rs",
+        "--bid",
+        "2",
+        "--wait",
+        "--json",
+    ]));
+    assert_eq!(o["status"], "result", "{o}");
+    let job = o["job_id"].as_str().expect("id").to_string();
+
+    // Watch the buyer's wallet requests go by (they are ephemeral: only a live subscription
+    // sees them).
+    let watcher = MarketClient::connect(
+        Keys::generate(),
+        &[url.parse().expect("url")],
+        Duration::from_secs(5),
+        Reachability::OneShot,
+    )
+    .await
+    .expect("watcher");
+    let mut notes = watcher.notifications();
+    watcher
+        .sdk()
+        .subscribe(
+            Filter::new()
+                .kind(Kind::from(23194))
+                .author(buyer.identity.wallet_client_keys().public_key()),
+            None,
+        )
+        .await
+        .expect("subscribe");
+
+    // The hub freezes; the buyer asks it to pay and is killed before any answer can come.
+    hub.send("STOP");
+    let mut payer = pylon(&buyer.path)
+        .args(["--relay", &url, "pay", "--job-id", &job])
+        .env("PYLON_PASSPHRASE", PASS)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn pay");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut requests = 0;
+    while requests == 0 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(!left.is_zero(), "the buyer never sent its payment request");
+        if let Ok(Ok(RelayPoolNotification::Event { event, .. })) =
+            tokio::time::timeout(left, notes.recv()).await
+        {
+            if event.kind == Kind::from(23194) {
+                requests += 1;
+            }
+        }
+    }
+    payer.kill().expect("kill the buyer");
+    let _ = payer.wait();
+    // The hub wakes up and executes the request it was handed: the money moves, with no one
+    // listening for the answer.
+    hub.send("CONT");
+
+    // The restarted buyer finds out instead of paying again.
+    let mut paid = None;
+    for _ in 0..60 {
+        let out = run(&["pay", "--job-id", &job, "--json"]);
+        if out.status.success() {
+            paid = Some(json(&out));
+            break;
+        }
+        // While the outcome cannot be told it says so (exit 3) and sends nothing.
+        assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let paid = paid.expect("the payment's outcome became known");
+    assert_eq!(paid["already_paid"], true, "{paid}");
+    assert!(
+        paid["preimage"].as_str().is_some_and(|p| p.len() == 64),
+        "{paid}"
+    );
+    let again = run(&["pay", "--job-id", &job]);
+    assert!(again.status.success(), "{}", stderr(&again));
+    assert!(
+        stdout(&again).contains("already paid"),
+        "{}",
+        stdout(&again)
+    );
+
+    // Exactly one payment left the buyer's wallet; the books balance.
+    let balance = json(&run(&["wallet", "balance", "--json"]));
+    assert_eq!(balance["balance_msats"], 99_000, "{balance}");
+    let history = json(&run(&["wallet", "history", "--json"]));
+    let outgoing = history
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter(|t| t["type"] == "outgoing")
+        .count();
+    assert_eq!(outgoing, 1, "{history}");
+    let audit = json(
+        &pylon(&op)
+            .args(["hub", "audit", "--json"])
+            .output()
+            .expect("audit"),
+    );
+    assert_eq!(audit["ok"], true, "{audit}");
+    // And the provider's receipt for it verifies for whoever trusts this hub.
+    let mut verified = false;
+    for _ in 0..50 {
+        let t = run(&["job", "trace", &job, "--json", "--trust-hub", &hub_key]);
+        let t: Value = serde_json::from_str(&stdout(&t)).expect("json");
+        if t["verified"] == true {
+            verified = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(verified, "the receipt of the one payment verifies");
+    watcher.shutdown().await;
+}
