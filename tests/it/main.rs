@@ -14,4 +14,5 @@ mod quality;
 mod relay_process;
 mod relay_protocol;
 mod repomap;
+mod secrets;
 mod textgen;
