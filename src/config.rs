@@ -71,8 +71,9 @@ impl Network {
     }
 }
 
-/// How this node reaches its wallet (the `[wallet]` table).
-#[derive(Debug, Clone, Default, Serialize)]
+/// How this node reaches its wallet (the `[wallet]` table). Its `Debug` hides the URI's secret,
+/// like its serialisation does, so a debug log of the config leaks nothing.
+#[derive(Clone, Default, Serialize)]
 pub struct WalletConfig {
     /// A `nostr+walletconnect://` URI: any NIP-47 wallet. Wins over everything else.
     #[serde(skip_serializing_if = "Option::is_none", serialize_with = "redacted")]
@@ -84,12 +85,32 @@ pub struct WalletConfig {
     pub timeout_secs: u64,
 }
 
-#[derive(Debug, Default, Deserialize)]
+impl std::fmt::Debug for WalletConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WalletConfig")
+            .field("nwc_uri", &self.nwc_uri.as_deref().map(redact))
+            .field("hub", &self.hub.map(|k| k.to_hex()))
+            .field("timeout_secs", &self.timeout_secs)
+            .finish()
+    }
+}
+
+#[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct WalletFile {
     nwc_uri: Option<String>,
     hub: Option<String>,
     timeout_secs: Option<u64>,
+}
+
+impl std::fmt::Debug for WalletFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WalletFile")
+            .field("nwc_uri", &self.nwc_uri.as_deref().map(redact))
+            .field("hub", &self.hub)
+            .field("timeout_secs", &self.timeout_secs)
+            .finish()
+    }
 }
 
 /// The `[llm]` table: where text generation runs.
@@ -341,7 +362,8 @@ impl Config {
         if path.exists() {
             return Ok(false);
         }
-        std::fs::write(&path, default_file_text_trusting(own_hub))
+        // Private from the start: a user may later add `wallet.nwc_uri`, which holds a secret.
+        crate::home::write_private(&path, default_file_text_trusting(own_hub).as_bytes())
             .map_err(|e| ConfigError::Write(path, e))?;
         Ok(true)
     }
@@ -527,13 +549,20 @@ fn prices_by_kind_name<S: serde::Serializer>(
 }
 
 fn redacted<S: serde::Serializer>(uri: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
-    // The URI holds a secret; show where it points, never the secret.
-    match uri.as_deref().map(NostrWalletConnectURI::parse) {
-        Some(Ok(u)) => s.serialize_str(&format!(
+    match uri.as_deref() {
+        Some(u) => s.serialize_str(&redact(u)),
+        None => s.serialize_none(),
+    }
+}
+
+/// A wallet URI as it may be shown: where it points, never its secret.
+pub fn redact(uri: &str) -> String {
+    match NostrWalletConnectURI::parse(uri) {
+        Ok(u) => format!(
             "nostr+walletconnect://{}?secret=<hidden>",
             u.public_key.to_hex()
-        )),
-        _ => s.serialize_str("<hidden>"),
+        ),
+        Err(_) => "<hidden>".into(),
     }
 }
 
@@ -646,5 +675,31 @@ mod tests {
             "wss://relay.example.com"
         );
         assert!(c.override_relays(&["nope".into()]).is_err());
+    }
+
+    #[test]
+    fn wallet_secret_never_shows_in_debug_or_serialised_config() {
+        let client = nostr_sdk::Keys::generate();
+        let uri = NostrWalletConnectURI::new(
+            nostr_sdk::Keys::generate().public_key(),
+            vec![RelayUrl::parse("ws://127.0.0.1:7777").expect("url")],
+            client.secret_key().clone(),
+            None,
+        )
+        .to_string();
+        let secret = client.secret_key().to_secret_hex();
+        assert!(uri.contains(&secret), "the test's URI holds the secret");
+        let text = format!("[wallet]\nnwc_uri = \"{uri}\"");
+        let c = Config::parse(&text, Path::new("c")).expect("valid");
+        assert_eq!(c.wallet.nwc_uri.as_deref(), Some(uri.as_str()));
+        let file: ConfigFile = toml::from_str(&text).expect("file");
+        for shown in [
+            format!("{c:?}"),
+            format!("{file:?}"),
+            toml::to_string(&c).expect("toml"),
+        ] {
+            assert!(!shown.contains(&secret), "{shown}");
+            assert!(shown.contains("secret=<hidden>"), "{shown}");
+        }
     }
 }

@@ -3,10 +3,11 @@
 //!
 //! Everything persists under the home: the relay's store, the ledger, and every node's jobs. The
 //! providers' keys derive from the operator's mnemonic, so a restart brings back the same
-//! providers with the same balances.
+//! providers with the same balances. The operator's wallet URI holds a secret: it is written to a
+//! private file in the home ([`Home::nwc_uri_file`]), not handed to stdout.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,6 +16,7 @@ use nostr_sdk::{Keys, PublicKey, RelayUrl};
 
 use super::{err, Appliance, ApplianceError};
 use crate::executors::Registry;
+use crate::home::{self, Home};
 use crate::hub::HubSettings;
 use crate::identity::Identity;
 use crate::provider::NodeOptions;
@@ -54,8 +56,11 @@ pub struct Up {
     pub stats: Arc<LiveStats>,
     /// The dashboard's URL.
     pub dashboard: String,
-    /// The operator's wallet on the hub, for any NWC wallet app.
+    /// The operator's wallet on the hub, for any NWC wallet app. It holds the account's secret:
+    /// show it only when asked.
     pub nwc_uri: NostrWalletConnectURI,
+    /// The private file (mode 0600) `nwc_uri` was written to.
+    pub nwc_uri_file: PathBuf,
     /// Providers started, the operator's own first.
     pub providers: Vec<PublicKey>,
     /// What went differently from what was asked (a fallback).
@@ -63,10 +68,11 @@ pub struct Up {
 }
 
 impl Up {
-    /// Starts everything under `home` as `identity`.
+    /// Starts everything under `home` as `identity`, and writes the operator's wallet URI to
+    /// [`Home::nwc_uri_file`] (mode 0600).
     pub async fn start(
         identity: &Identity,
-        home: &Path,
+        home: &Home,
         options: UpOptions,
     ) -> Result<Self, ApplianceError> {
         let mut notices = Vec::new();
@@ -91,10 +97,16 @@ impl Up {
             }
         };
         let hub_identity = Some((identity.hub_keys(), *identity.node_key().secret()));
-        let mut appliance =
-            Appliance::on_relay(url.clone(), embedded, home, hub_identity, options.hub).await?;
+        let mut appliance = Appliance::on_relay(
+            url.clone(),
+            embedded,
+            home.root(),
+            hub_identity,
+            options.hub,
+        )
+        .await?;
 
-        let home_store = Arc::new(Store::open(home).map_err(err)?);
+        let home_store = Arc::new(Store::open(home.root()).map_err(err)?);
         let mut providers = Vec::new();
         if options.providers > 0 {
             let store = home_store.clone();
@@ -112,8 +124,7 @@ impl Up {
         }
         for i in 1..options.providers {
             let (keys, wallet) = identity.swarm_keys(i);
-            let store =
-                Arc::new(Store::open(&home.join("nodes").join(i.to_string())).map_err(err)?);
+            let store = Arc::new(Store::open(&home.extra_node_dir(i)).map_err(err)?);
             appliance
                 .add_node_as(
                     &keys,
@@ -142,12 +153,16 @@ impl Up {
         let web = web::serve(options.web, state).await.map_err(err)?;
         let dashboard = format!("http://{}", web.local_addr());
         let nwc_uri = appliance.wallet_uri(&identity.wallet_client_keys());
+        let nwc_uri_file = home.nwc_uri_file();
+        home::write_private(&nwc_uri_file, format!("{nwc_uri}\n").as_bytes())
+            .map_err(|e| ApplianceError(format!("cannot write {}: {e}", nwc_uri_file.display())))?;
         Ok(Self {
             appliance,
             web,
             stats,
             dashboard,
             nwc_uri,
+            nwc_uri_file,
             providers,
             notices,
         })
@@ -167,9 +182,9 @@ impl Up {
 
 async fn start_embedded(
     settings: &RelaySettings,
-    home: &Path,
+    home: &Home,
 ) -> Result<EmbeddedRelay, ApplianceError> {
-    EmbeddedRelay::start(settings, &home.join("relay"))
+    EmbeddedRelay::start(settings, &home.relay_dir())
         .await
         .map_err(|e| {
             ApplianceError(format!(

@@ -34,6 +34,8 @@ struct InitReport<'a> {
     imported: bool,
     config_written: bool,
     replaced_backup: Option<String>,
+    /// Permission changes that made an existing home private ("tightened permissions of …").
+    tightened: Vec<String>,
 }
 
 pub(crate) async fn run(ctx: &Context, args: InitArgs) -> anyhow::Result<ExitCode> {
@@ -49,9 +51,14 @@ pub(crate) async fn run(ctx: &Context, args: InitArgs) -> anyhow::Result<ExitCod
         Identity::generate()?
     };
     let passphrase = prompt::new_passphrase()?;
-    ctx.home
+    // Creates the home, or makes an existing one private (0700/0600) and says what it changed.
+    let tightened: Vec<String> = ctx
+        .home
         .create()
-        .with_context(|| format!("cannot create {}", ctx.home.root().display()))?;
+        .with_context(|| format!("cannot create {}", ctx.home.root().display()))?
+        .iter()
+        .map(ToString::to_string)
+        .collect();
     let previous = sealed::store(
         &path,
         &identity,
@@ -76,10 +83,14 @@ pub(crate) async fn run(ctx: &Context, args: InitArgs) -> anyhow::Result<ExitCod
             imported: args.import,
             config_written,
             replaced_backup: backup,
+            tightened,
         })?;
         return Ok(ExitCode::SUCCESS);
     }
 
+    for t in &tightened {
+        println!("{t}");
+    }
     let verb = if args.import { "Imported" } else { "Created" };
     println!("{verb} a Pylon identity in {}", ctx.home.root().display());
     println!("  npub:        {}", public.npub);

@@ -56,7 +56,7 @@ pub struct Cli {
         env = "PYLON_NWC",
         hide_env_values = true
     )]
-    nwc: Option<String>,
+    nwc: Option<SecretArg>,
 
     /// More log output on stderr (-v info, -vv debug, -vvv trace); RUST_LOG overrides
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
@@ -115,6 +115,24 @@ enum Command {
     Bench(bench::BenchCommand),
 }
 
+/// A command-line value that holds a secret (the `--nwc` URI): its `Debug` never shows it, so
+/// printing the parsed arguments leaks nothing.
+#[derive(Clone)]
+struct SecretArg(String);
+
+impl std::str::FromStr for SecretArg {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_string()))
+    }
+}
+
+impl std::fmt::Debug for SecretArg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&crate::config::redact(&self.0))
+    }
+}
+
 /// What every command gets: the resolved home and the global flags.
 pub(crate) struct Context {
     home: Home,
@@ -157,7 +175,7 @@ pub fn main() -> ExitCode {
     let ctx = Context {
         home,
         relay_override: cli.relays,
-        nwc_override: cli.nwc,
+        nwc_override: cli.nwc.map(|s| s.0),
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

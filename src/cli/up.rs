@@ -31,6 +31,10 @@ pub(crate) struct UpArgs {
     /// Seconds between provider heartbeats
     #[arg(long, default_value_t = 10)]
     heartbeat_secs: u64,
+    /// Also print the operator's nostr+walletconnect:// URI, secret included (by default only
+    /// the path of the 0600 file it is written to is printed, so it stays out of logs)
+    #[arg(long)]
+    show_secrets: bool,
 }
 
 pub(crate) async fn run(ctx: &Context, args: UpArgs) -> anyhow::Result<ExitCode> {
@@ -70,7 +74,7 @@ pub(crate) async fn run(ctx: &Context, args: UpArgs) -> anyhow::Result<ExitCode>
         registry,
         hub: config.hub.clone(),
     };
-    let up = Up::start(&identity, ctx.home.root(), options).await?;
+    let up = Up::start(&identity, &ctx.home, options).await?;
     let hub = up
         .appliance
         .hub_keys
@@ -90,7 +94,15 @@ pub(crate) async fn run(ctx: &Context, args: UpArgs) -> anyhow::Result<ExitCode>
     println!("  dashboard:  {}", up.dashboard);
     println!("  hub:        {hub} (regtest; faucet: `pylon wallet faucet 1000`)");
     println!("  providers:  {}", up.providers.len());
-    println!("  nwc:        {}", up.nwc_uri);
+    if args.show_secrets {
+        println!("  nwc:        {}", up.nwc_uri);
+    } else {
+        // The URI holds the wallet account's secret: under compose, stdout is a container log.
+        println!(
+            "  nwc:        {} (mode 0600: your wallet's secret; --show-secrets prints it)",
+            up.nwc_uri_file.display()
+        );
+    }
     for n in &up.notices {
         println!("  notice:     {n}");
     }

@@ -27,7 +27,8 @@ pub(crate) enum WalletCommand {
     History(HistoryArgs),
     /// Get regtest sats from the hub's faucet (regtest only)
     Faucet(FaucetArgs),
-    /// Print this node's nostr+walletconnect:// URI (it contains a secret)
+    /// Print this node's nostr+walletconnect:// URI, secret included: the one command meant to
+    /// show it (to paste into a wallet app); every other command and log keeps it hidden
     Connect(JsonFlag),
 }
 

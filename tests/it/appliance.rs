@@ -230,11 +230,22 @@ async fn up_runs_relay_hub_dashboard_and_nodes_then_stops_cleanly() {
     let dir = tempfile::tempdir().expect("tempdir");
     let home = dir.path().join("operator");
     let (up, relay, dashboard) = start_up(&home, &["--providers", "3"]);
+    // The banner names the private file that holds the operator's wallet URI, not the URI.
+    let uri_file = home.join("nwc.uri");
     assert!(
-        up.head.iter().any(|l| l.contains("nostr+walletconnect://")),
+        up.head
+            .iter()
+            .any(|l| l.contains(&format!("nwc:        {}", uri_file.display()))),
         "{:?}",
         up.head
     );
+    assert!(
+        !up.head.iter().any(|l| l.contains("nostr+walletconnect://")),
+        "{:?}",
+        up.head
+    );
+    let uri = std::fs::read_to_string(&uri_file).expect("nwc.uri");
+    assert!(uri.starts_with("nostr+walletconnect://"), "{uri}");
     assert!(relay.starts_with("ws://127.0.0.1:"), "{relay}");
     stats_until(&dashboard, |s| s["online_nodes"] == 3).await;
 

@@ -15,5 +15,6 @@ mod quality;
 mod relay_process;
 mod relay_protocol;
 mod repomap;
+mod secrets;
 mod textgen;
 mod trust;
