@@ -607,6 +607,37 @@ mod tests {
         assert_eq!(c.prices.get(&5960), Some(&1000));
         assert_eq!(c.relay, RelaySettings::default());
         assert_eq!(c.fallback_timeout, Duration::from_secs(5));
+        assert_eq!(c.buyer, BuyerConfig::default());
+        assert_eq!(c.buyer.limits().max_job_msats, Some(10_000));
+        assert!(c.trust.hubs.is_empty());
+    }
+
+    #[test]
+    fn buyer_caps_and_trusted_hubs() {
+        let hub = nostr_sdk::Keys::generate().public_key();
+        let c = Config::parse(
+            &format!(
+                "[buyer]\nmax_job_sats = 0\nmax_daily_sats = 7\n[trust]\nhubs = [\"{}\"]",
+                hub.to_hex()
+            ),
+            Path::new("c"),
+        )
+        .expect("valid");
+        assert_eq!(
+            c.buyer.limits().max_job_msats,
+            None,
+            "0 turns the default off"
+        );
+        assert_eq!(c.buyer.limits().max_daily_msats, Some(7_000));
+        assert!(!c.trusted_hubs().is_empty());
+        let err = Config::parse("[trust]\nhubs = [\"nope\"]", Path::new("c")).expect_err("bad");
+        assert!(err.to_string().contains("[trust] hubs"), "{err}");
+        let err = Config::parse("[buyer]\nmax_sats = 1", Path::new("c")).expect_err("unknown");
+        assert!(err.to_string().contains("max_sats"), "{err}");
+        // init trusts the identity's own hub.
+        let text = default_file_text_trusting(Some(hub));
+        let c = Config::parse(&text, Path::new("c")).expect("valid");
+        assert_eq!(c.trust.hubs.len(), 1);
     }
 
     #[test]
