@@ -1,6 +1,7 @@
 //! Job kinds a provider can run. Each is an [`Executor`]; the provider looks them up by kind.
 
 pub mod code;
+pub mod fetch;
 pub mod textgen;
 
 use std::collections::BTreeMap;
