@@ -121,6 +121,27 @@ fn default_llm_timeout() -> u64 {
     120
 }
 
+/// The `[provider]` table: what a node (`pylon node up`, `pylon up`, `pylon swarm`) risks for
+/// buyers it does not know.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderConfig {
+    /// Fetch `url` inputs from loopback, private (RFC 1918, fc00::/7), link-local and other
+    /// special addresses. Off: a buyer must not read the provider's own network through a job.
+    #[serde(default)]
+    pub allow_private_urls: bool,
+}
+
+impl ProviderConfig {
+    /// These settings applied to a node's options.
+    pub fn apply(&self, options: crate::provider::NodeOptions) -> crate::provider::NodeOptions {
+        crate::provider::NodeOptions {
+            allow_private_urls: self.allow_private_urls,
+            ..options
+        }
+    }
+}
+
 /// The `[hub]` table, as written.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -160,6 +181,8 @@ pub struct Config {
     pub hub: HubSettings,
     /// Text generation.
     pub llm: LlmConfig,
+    /// Provider safety limits.
+    pub provider: ProviderConfig,
 }
 
 /// The file as written: every field optional so a short file means "defaults for the rest".
@@ -174,6 +197,7 @@ struct ConfigFile {
     wallet: Option<WalletFile>,
     hub: Option<HubFile>,
     llm: Option<LlmConfig>,
+    provider: Option<ProviderConfig>,
 }
 
 impl Config {
@@ -227,6 +251,7 @@ impl Config {
             wallet,
             hub,
             llm: file.llm.unwrap_or_default(),
+            provider: file.provider.unwrap_or_default(),
         })
     }
 
@@ -321,6 +346,12 @@ allow_clients = []                  # empty: any key may open an account
 # endpoint = "http://127.0.0.1:8080"
 # model = "gemma-3-270m"
 timeout_secs = 120
+
+# What a provider node risks for buyers it does not know.
+[provider]
+# Fetch `url` job inputs from loopback, private (10/8, 192.168/16, fc00::/7, ...), link-local
+# and other special addresses. Off, a buyer cannot read this machine's own network through a job.
+allow_private_urls = false
 
 # What this node charges per job, in millisatoshis, by job request kind.
 [prices]
@@ -469,6 +500,25 @@ mod tests {
         assert_eq!(c.prices.get(&5960), Some(&1000));
         assert_eq!(c.relay, RelaySettings::default());
         assert_eq!(c.fallback_timeout, Duration::from_secs(5));
+        assert_eq!(c.provider, ProviderConfig::default());
+        assert!(!c.provider.allow_private_urls);
+    }
+
+    #[test]
+    fn provider_table() {
+        let c =
+            Config::parse("[provider]\nallow_private_urls = true", Path::new("c")).expect("valid");
+        assert!(c.provider.allow_private_urls);
+        let options = c.provider.apply(crate::provider::NodeOptions::default());
+        assert!(options.allow_private_urls);
+        let shown = toml::to_string(&c).expect("serializes");
+        assert!(
+            shown.contains("[provider]") && shown.contains("allow_private_urls = true"),
+            "{shown}"
+        );
+        let err = Config::parse("[provider]\nallow_private_url = true", Path::new("c"))
+            .expect_err("typo");
+        assert!(err.to_string().contains("allow_private_url"), "{err}");
     }
 
     #[test]

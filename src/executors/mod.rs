@@ -49,6 +49,12 @@ pub trait Executor: Send + Sync {
     fn models(&self) -> Vec<String> {
         Vec::new()
     }
+    /// Whether the executor reads `url` inputs. The provider fetches them (safely, outside the
+    /// execution slots: see [`fetch`]) and hands the executor their text; executors themselves
+    /// never touch the network for an input.
+    fn takes_urls(&self) -> bool {
+        false
+    }
     /// Runs the job.
     fn execute<'a>(&'a self, request: &'a JobRequest) -> BoxFuture<'a, Result<Output, ExecError>>;
 }

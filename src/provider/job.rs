@@ -1,4 +1,7 @@
-//! One job on the provider side: admit, claim, (get paid,) run, invoice, publish.
+//! One job on the provider side: admit, fetch its inputs, claim a slot, (get paid,) run,
+//! invoice, publish.
+//!
+//! Url fetches ([`super::inputs`]) happen before the slot, so a slow URL holds none.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -116,14 +119,14 @@ pub(super) async fn handle(s: Arc<Shared>, event: Event) {
     }
 }
 
-struct Job<'a> {
-    s: &'a Arc<Shared>,
-    event: &'a Event,
-    request: &'a JobRequest,
+pub(super) struct Job<'a> {
+    pub(super) s: &'a Arc<Shared>,
+    pub(super) event: &'a Event,
+    pub(super) request: &'a JobRequest,
 }
 
 impl Job<'_> {
-    fn id(&self) -> String {
+    pub(super) fn id(&self) -> String {
         self.request.id.to_hex()
     }
 
@@ -196,6 +199,10 @@ impl Job<'_> {
 
     async fn run(&self, price: u64) {
         let s = self.s;
+        let request = match self.inputs().await {
+            Ok(r) => r,
+            Err(e) => return self.fail(e.code, &e.message).await,
+        };
         s.queued.fetch_add(1, Ordering::SeqCst);
         let permit = s.slots.acquire().await;
         s.queued.fetch_sub(1, Ordering::SeqCst);
@@ -210,11 +217,11 @@ impl Job<'_> {
                 .await;
         }
         s.running.fetch_add(1, Ordering::SeqCst);
-        self.execute(price).await;
+        self.execute(price, &request).await;
         s.running.fetch_sub(1, Ordering::SeqCst);
     }
 
-    async fn execute(&self, price: u64) {
+    async fn execute(&self, price: u64, request: &JobRequest) {
         let s = self.s;
         self.feedback(JobStatus::Processing, "claimed", None).await;
         self.update(&[
@@ -260,8 +267,7 @@ impl Job<'_> {
                 .await;
         };
         let run = async {
-            let out =
-                tokio::time::timeout(s.options.job_timeout, executor.execute(self.request)).await;
+            let out = tokio::time::timeout(s.options.job_timeout, executor.execute(request)).await;
             self.update(&[Set::Time(Stamp::Finished, now_ms())]);
             out
         };
@@ -289,6 +295,7 @@ impl Job<'_> {
             Ok(a) => a,
             Err(e) => return self.fail(FailureCode::PaymentFailed, &e).await,
         };
+        // The result embeds and echoes the request as the buyer sent it, not the inlined copy.
         let result = match JobResult::to_event(
             &s.keys,
             self.event,

@@ -2,10 +2,12 @@
 //! publish receipts.
 //!
 //! - [`job`] — one request, from claim to result;
+//! - [`inputs`] — `url` inputs fetched before a job takes a slot;
 //! - [`settle`] — settlement watching and receipts;
 //! - [`policy`] — per-buyer limits;
 //! - this file — options, start, status, graceful stop.
 
+mod inputs;
 mod job;
 mod policy;
 mod settle;
@@ -68,6 +70,15 @@ pub struct NodeOptions {
     pub drain_timeout: Duration,
     /// How often pending invoices are looked up (besides notifications).
     pub settlement_poll: Duration,
+    /// Fetch `url` inputs from loopback, private and other special addresses too. Off by
+    /// default: a buyer must not be able to read the provider's own network through a job.
+    pub allow_private_urls: bool,
+    /// Longest fetching one job's `url` inputs may take, redirects included.
+    pub fetch_timeout: Duration,
+    /// Url fetches at once over all buyers (they run outside the job slots).
+    pub max_fetches: usize,
+    /// Url fetches at once for one buyer.
+    pub buyer_max_fetches: u32,
 }
 
 impl Default for NodeOptions {
@@ -85,6 +96,21 @@ impl Default for NodeOptions {
             refuse_unpaid: true,
             drain_timeout: Duration::from_secs(30),
             settlement_poll: Duration::from_secs(2),
+            allow_private_urls: false,
+            fetch_timeout: Duration::from_secs(10),
+            max_fetches: 8,
+            buyer_max_fetches: 1,
+        }
+    }
+}
+
+impl NodeOptions {
+    /// The limits every `url` fetch of this node runs under.
+    pub fn fetch_policy(&self) -> crate::executors::fetch::FetchPolicy {
+        crate::executors::fetch::FetchPolicy {
+            allow_private: self.allow_private_urls,
+            timeout: self.fetch_timeout,
+            ..Default::default()
         }
     }
 }
@@ -164,6 +190,8 @@ pub(crate) struct Shared {
     /// Date of the last heartbeat (unix seconds), so the next one is always newer.
     last_beat: AtomicU64,
     buyers: Mutex<policy::BuyerLimits>,
+    /// Url fetches, outside the slots.
+    fetches: policy::FetchGate,
     pending: Mutex<HashMap<String, settle::Pending>>,
     started: Instant,
     started_at: Timestamp,
@@ -255,6 +283,7 @@ impl Node {
                 options.buyer_jobs_per_minute,
                 options.buyer_max_concurrent,
             )),
+            fetches: policy::FetchGate::new(options.max_fetches, options.buyer_max_fetches),
             keys,
             relay,
             wallet,

@@ -1,9 +1,12 @@
-//! Per-buyer limits, so one buyer cannot grief a provider: jobs per minute and jobs in flight.
+//! Per-buyer limits, so one buyer cannot grief a provider: jobs per minute and jobs in flight
+//! ([`BuyerLimits`]), and url fetches at once ([`FetchGate`]).
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use nostr_sdk::PublicKey;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::protocol::failure::FailureCode;
 use crate::ratelimit::TokenBuckets;
@@ -60,6 +63,56 @@ impl BuyerLimits {
     }
 }
 
+/// Url fetches run outside the execution slots, under their own limits: a few at once over all
+/// buyers, and fewer still per buyer, so slow URLs from one key (or many) hold no job slot and
+/// cannot starve other buyers' fetches for long.
+#[derive(Debug)]
+pub(super) struct FetchGate {
+    all: Arc<Semaphore>,
+    per_buyer: Mutex<HashMap<PublicKey, Arc<Semaphore>>>,
+    each: usize,
+}
+
+/// Permission to fetch; dropping it lets the next fetch start.
+#[derive(Debug)]
+pub(super) struct FetchPass {
+    _buyer: OwnedSemaphorePermit,
+    _all: OwnedSemaphorePermit,
+}
+
+/// Per-buyer semaphores are pruned (those nobody holds or waits on) past this many.
+const FETCH_GATE_PRUNE: usize = 256;
+
+impl FetchGate {
+    pub(super) fn new(all: usize, each: u32) -> Self {
+        Self {
+            all: Arc::new(Semaphore::new(all.max(1))),
+            per_buyer: Mutex::new(HashMap::new()),
+            each: each.max(1) as usize,
+        }
+    }
+
+    /// Waits for a fetch slot of `buyer`'s, then for one of all; `None` once closed.
+    pub(super) async fn enter(&self, buyer: PublicKey) -> Option<FetchPass> {
+        let mine = {
+            let mut map = self.per_buyer.lock().ok()?;
+            if map.len() > FETCH_GATE_PRUNE {
+                // The map's own reference is the only one left for idle buyers.
+                map.retain(|_, s| Arc::strong_count(s) > 1);
+            }
+            map.entry(buyer)
+                .or_insert_with(|| Arc::new(Semaphore::new(self.each)))
+                .clone()
+        };
+        let buyer = mine.acquire_owned().await.ok()?;
+        let all = self.all.clone().acquire_owned().await.ok()?;
+        Some(FetchPass {
+            _buyer: buyer,
+            _all: all,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use nostr_sdk::Keys;
@@ -86,5 +139,33 @@ mod tests {
             l.admit(Keys::generate().public_key(), t).is_ok(),
             "other buyers unaffected"
         );
+    }
+
+    #[tokio::test]
+    async fn fetches_are_limited_per_buyer_and_overall() {
+        let gate = FetchGate::new(2, 1);
+        let (a, b, c) = (
+            Keys::generate().public_key(),
+            Keys::generate().public_key(),
+            Keys::generate().public_key(),
+        );
+        use futures_util::FutureExt as _;
+        let first = gate.enter(a).await.expect("open");
+        assert!(
+            gate.enter(a).now_or_never().is_none(),
+            "one fetch per buyer"
+        );
+        let second = gate
+            .enter(b)
+            .now_or_never()
+            .flatten()
+            .expect("another buyer");
+        assert!(gate.enter(c).now_or_never().is_none(), "two overall");
+        drop(first);
+        assert!(
+            gate.enter(c).now_or_never().flatten().is_some(),
+            "a slot came free"
+        );
+        drop(second);
     }
 }
