@@ -123,13 +123,30 @@ fn default_llm_timeout() -> u64 {
 
 /// The `[provider]` table: what a node (`pylon node up`, `pylon up`, `pylon swarm`) risks for
 /// buyers it does not know.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProviderConfig {
     /// Fetch `url` inputs from loopback, private (RFC 1918, fc00::/7), link-local and other
     /// special addresses. Off: a buyer must not read the provider's own network through a job.
     #[serde(default)]
     pub allow_private_urls: bool,
+    /// Jobs running or awaiting payment at once for a buyer who has never paid this node;
+    /// further jobs are pay-first. 0: every such buyer pays first.
+    #[serde(default = "default_max_unpaid_jobs_unproven")]
+    pub max_unpaid_jobs_unproven: u32,
+}
+
+impl Default for ProviderConfig {
+    fn default() -> Self {
+        Self {
+            allow_private_urls: false,
+            max_unpaid_jobs_unproven: default_max_unpaid_jobs_unproven(),
+        }
+    }
+}
+
+fn default_max_unpaid_jobs_unproven() -> u32 {
+    2
 }
 
 impl ProviderConfig {
@@ -137,6 +154,7 @@ impl ProviderConfig {
     pub fn apply(&self, options: crate::provider::NodeOptions) -> crate::provider::NodeOptions {
         crate::provider::NodeOptions {
             allow_private_urls: self.allow_private_urls,
+            max_unpaid_jobs_unproven: self.max_unpaid_jobs_unproven,
             ..options
         }
     }
@@ -352,6 +370,9 @@ timeout_secs = 120
 # Fetch `url` job inputs from loopback, private (10/8, 192.168/16, fc00::/7, ...), link-local
 # and other special addresses. Off, a buyer cannot read this machine's own network through a job.
 allow_private_urls = false
+# Jobs a buyer who has never paid this node may have running or awaiting payment at once;
+# beyond that they pay first. 0: every such buyer pays first.
+max_unpaid_jobs_unproven = 2
 
 # What this node charges per job, in millisatoshis, by job request kind.
 [prices]
@@ -506,11 +527,15 @@ mod tests {
 
     #[test]
     fn provider_table() {
-        let c =
-            Config::parse("[provider]\nallow_private_urls = true", Path::new("c")).expect("valid");
+        let c = Config::parse(
+            "[provider]\nallow_private_urls = true\nmax_unpaid_jobs_unproven = 0",
+            Path::new("c"),
+        )
+        .expect("valid");
         assert!(c.provider.allow_private_urls);
         let options = c.provider.apply(crate::provider::NodeOptions::default());
         assert!(options.allow_private_urls);
+        assert_eq!(options.max_unpaid_jobs_unproven, 0);
         let shown = toml::to_string(&c).expect("serializes");
         assert!(
             shown.contains("[provider]") && shown.contains("allow_private_urls = true"),

@@ -2,15 +2,17 @@
 //! publish receipts.
 //!
 //! - [`job`] — one request, from claim to result;
+//! - [`terms`] — pay after or pay first, and credit for buyers who never paid here;
 //! - [`inputs`] — `url` inputs fetched before a job takes a slot;
 //! - [`settle`] — settlement watching and receipts;
-//! - [`policy`] — per-buyer limits;
+//! - [`policy`] — per-buyer limits: rate, jobs in flight, url fetches, credit for unproven buyers;
 //! - this file — options, start, status, graceful stop.
 
 mod inputs;
 mod job;
 mod policy;
 mod settle;
+mod terms;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -19,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use nostr_sdk::{Filter, Keys, Kind, RelayPoolNotification, Timestamp, ToBech32};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{oneshot, watch, Semaphore};
+use tokio::sync::{oneshot, watch, Notify, Semaphore};
 use tokio::task::JoinHandle;
 
 use crate::executors::Registry;
@@ -79,6 +81,9 @@ pub struct NodeOptions {
     pub max_fetches: usize,
     /// Url fetches at once for one buyer.
     pub buyer_max_fetches: u32,
+    /// Jobs running or awaiting payment at once for a buyer who never paid this node; beyond
+    /// that, a job is pay-first. `0`: every unproven buyer pays first.
+    pub max_unpaid_jobs_unproven: u32,
 }
 
 impl Default for NodeOptions {
@@ -100,6 +105,7 @@ impl Default for NodeOptions {
             fetch_timeout: Duration::from_secs(10),
             max_fetches: 8,
             buyer_max_fetches: 1,
+            max_unpaid_jobs_unproven: 2,
         }
     }
 }
@@ -192,6 +198,10 @@ pub(crate) struct Shared {
     buyers: Mutex<policy::BuyerLimits>,
     /// Url fetches, outside the slots.
     fetches: policy::FetchGate,
+    /// Work on credit for buyers who never paid here.
+    credit: Mutex<policy::Credit>,
+    /// Woken whenever a payment is recorded (pay-first jobs of unproven buyers wait on it).
+    payments: Notify,
     pending: Mutex<HashMap<String, settle::Pending>>,
     started: Instant,
     started_at: Timestamp,
@@ -284,6 +294,8 @@ impl Node {
                 options.buyer_max_concurrent,
             )),
             fetches: policy::FetchGate::new(options.max_fetches, options.buyer_max_fetches),
+            credit: Mutex::new(policy::Credit::new(options.max_unpaid_jobs_unproven)),
+            payments: Notify::new(),
             keys,
             relay,
             wallet,

@@ -44,6 +44,41 @@ pub(super) fn expect(s: &Shared, payment_hash: &str, job_id: &str, waiter: Optio
     }
 }
 
+/// Hands a pay-first invoice over to the settlement watcher, for a job that runs before it is
+/// paid after all (its buyer proved good meanwhile): from now on a payment leads to the receipt
+/// like any pay-after job's. Call it once the job's result is recorded. Returns the preimage if
+/// the invoice was paid already (the caller then publishes the receipt).
+pub(super) fn hand_over(
+    s: &Shared,
+    payment_hash: &str,
+    job_id: &str,
+    paid: &mut tokio::sync::oneshot::Receiver<String>,
+) -> Option<String> {
+    let Ok(mut p) = s.pending.lock() else {
+        return paid.try_recv().ok();
+    };
+    // Settlement takes the entry out under this lock, then sends the preimage. Entry gone and
+    // no preimage yet: it is on its way to a receiver about to be dropped, so the invoice is
+    // watched again below and the next poll finds it settled.
+    if let Ok(preimage) = paid.try_recv() {
+        return Some(preimage);
+    }
+    if let Some(entry) = p.get_mut(payment_hash) {
+        entry.waiter = None;
+    } else {
+        p.insert(
+            payment_hash.to_string(),
+            Pending {
+                job_id: job_id.to_string(),
+                waiter: None,
+                since: Instant::now(),
+                last_poll: None,
+            },
+        );
+    }
+    None
+}
+
 /// Stops watching an invoice.
 pub(super) fn forget(s: &Shared, payment_hash: &str) {
     if let Ok(mut p) = s.pending.lock() {
@@ -89,6 +124,7 @@ pub(super) async fn watch(s: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
                 Ok(n) if n.notification_type == PAYMENT_RECEIVED => {
                     if let Some(preimage) = n.notification.preimage {
                         paid(&s, &n.notification.payment_hash, preimage).await;
+                        s.payments.notify_waiters();
                     }
                 }
                 Ok(_) => {}
@@ -133,6 +169,7 @@ async fn poll(s: &Arc<Shared>) {
             Ok(tx) if tx.state == Some(TransactionState::Settled) || tx.settled_at.is_some() => {
                 if let Some(preimage) = tx.preimage {
                     paid(s, &hash, preimage).await;
+                    s.payments.notify_waiters();
                 }
             }
             Ok(_) => {}

@@ -438,6 +438,29 @@ impl Jobs {
         Ok(n as u64)
     }
 
+    /// Whether `buyer` ever paid this provider (a job of theirs is paid or done).
+    pub fn buyer_has_paid(&self, buyer: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM jobs WHERE role = 'provider' AND buyer = ?1
+                   AND state IN ('paid', 'done'))",
+            )?
+            .query_row(params![buyer], |r| r.get(0))?)
+    }
+
+    /// How many of `buyer`'s results at this provider wait for payment (invoice not yet paid,
+    /// not marked expired).
+    pub fn outstanding_invoices(&self, buyer: &str) -> Result<u64, StoreError> {
+        let n: i64 = self
+            .conn
+            .prepare_cached(
+                "SELECT COUNT(*) FROM jobs WHERE role = 'provider' AND buyer = ?1 AND state = 'result'",
+            )?
+            .query_row(params![buyer], |r| r.get(0))?;
+        Ok(n as u64)
+    }
+
     /// Provider totals: served, failed by code, earnings (msats).
     pub fn provider_totals(&self) -> Result<ProviderTotals, StoreError> {
         let (served, earned): (i64, i64) = self.conn.query_row(
@@ -587,6 +610,12 @@ mod tests {
         );
         assert_eq!(jobs.expired_unpaid("b", 10).expect("count"), 1);
         assert_eq!(jobs.awaiting_payment().expect("pending").len(), 1);
+        assert_eq!(jobs.outstanding_invoices("b").expect("count"), 1);
+        assert!(!jobs.buyer_has_paid("b").expect("paid?"));
+        jobs.update(&rec.job_id, Role::Provider, &[Set::State(JobState::Done)])
+            .expect("done");
+        assert!(jobs.buyer_has_paid("b").expect("paid?"));
+        assert_eq!(jobs.outstanding_invoices("b").expect("count"), 0);
         assert_eq!(
             jobs.find("abab").expect("find").expect("found").role,
             Some(Role::Buyer)

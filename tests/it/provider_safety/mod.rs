@@ -1,16 +1,16 @@
 //! A provider is safe to run on a laptop and resists griefing: url inputs cannot reach its own
-//! network, and slow URLs hold no job slot. Real relay, hub and nodes in-process, real HTTP
-//! servers on loopback.
+//! network, slow URLs hold no job slot, and unproven buyers get limited credit. Real relay, hub and nodes in-process, real HTTP servers on loopback.
 
+mod credit;
 mod fetch;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use nostr_sdk::{Keys, PublicKey};
+use nostr_sdk::{EventId, Filter, Keys, PublicKey};
 use pylon::buyer::{Buyer, WaitOptions};
 use pylon::protocol::kinds;
-use pylon::protocol::nip90::{JobInput, NewJob};
+use pylon::protocol::nip90::{Feedback, JobInput, JobResult, JobStatus, NewJob};
 use pylon::provider::{Node, NodeOptions};
 use pylon::relay::{MarketClient, Reachability};
 use pylon::store::Store;
@@ -67,21 +67,28 @@ async fn node(m: &Market, options: NodeOptions) -> (Node, tempfile::TempDir) {
 
 /// A buyer with a fresh key: funded from the faucet with `sats`, or with no wallet at all.
 async fn buyer(m: &Market, sats: Option<u64>) -> (Buyer, tempfile::TempDir) {
+    let (b, _relay, dir) = buyer_on(m, sats).await;
+    (b, dir)
+}
+
+/// [`buyer`], with its relay connection (to read what the provider published).
+async fn buyer_on(m: &Market, sats: Option<u64>) -> (Buyer, Arc<MarketClient>, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
     let wallet: Option<Arc<dyn Wallet>> = match sats {
         Some(sats) => Some(Arc::new(m.funded_wallet(sats).await)),
         None => None,
     };
     let keys = Keys::generate();
+    let relay = connect(m, &keys).await;
     let b = Buyer::start(
         keys.clone(),
-        connect(m, &keys).await,
+        relay.clone(),
         wallet,
         Arc::new(Store::open(dir.path()).expect("store")),
     )
     .await
     .expect("buyer");
-    (b, dir)
+    (b, relay, dir)
 }
 
 fn code_job(input: JobInput, path: &str, provider: PublicKey) -> NewJob {
@@ -100,5 +107,66 @@ fn wait(auto_pay: bool) -> WaitOptions {
         timeout: Duration::from_secs(30),
         auto_pay,
         max_msats: None,
+    }
+}
+
+/// What the relay holds about one job: the provider's results and feedback.
+#[derive(Debug, Default)]
+struct Answers {
+    results: Vec<JobResult>,
+    feedback: Vec<Feedback>,
+}
+
+impl Answers {
+    fn payment_required(&self) -> Option<&Feedback> {
+        self.feedback
+            .iter()
+            .find(|f| f.status == JobStatus::PaymentRequired)
+    }
+}
+
+/// Results and feedback for `jobs` stored on the relay now.
+async fn answers(relay: &MarketClient, jobs: &[EventId]) -> Vec<Answers> {
+    let filter = Filter::new()
+        .kinds([
+            kinds::JOB_FEEDBACK,
+            kinds::result_kind(kinds::CODE_ANALYSIS),
+        ])
+        .events(jobs.iter().copied());
+    let events = relay
+        .fetch(filter, Duration::from_secs(5))
+        .await
+        .expect("fetch");
+    let mut out: Vec<Answers> = jobs.iter().map(|_| Answers::default()).collect();
+    for ev in events.iter() {
+        if ev.kind == kinds::JOB_FEEDBACK {
+            if let Ok(f) = Feedback::from_event(ev) {
+                if let Some(i) = jobs.iter().position(|j| *j == f.request_id) {
+                    out[i].feedback.push(f);
+                }
+            }
+        } else if let Ok(r) = JobResult::from_event(ev, None) {
+            if let Some(i) = jobs.iter().position(|j| *j == r.request_id) {
+                out[i].results.push(r);
+            }
+        }
+    }
+    out
+}
+
+/// Waits (up to 30 s) until `done` holds for the answers to `jobs`, and returns them.
+async fn answers_when(
+    relay: &MarketClient,
+    jobs: &[EventId],
+    done: impl Fn(&[Answers]) -> bool,
+) -> Vec<Answers> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let a = answers(relay, jobs).await;
+        if done(&a) {
+            return a;
+        }
+        assert!(Instant::now() < deadline, "condition not reached: {a:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
