@@ -342,7 +342,10 @@ fn status(ctx: &Context, flags: JsonFlag) -> anyhow::Result<ExitCode> {
                 s.totals.earned_msat / 1000,
                 s.totals.failed
             );
-            println!("  awaiting payment: {}", s.awaiting_payment);
+            println!(
+                "  invoices: {} awaiting payment, {} expired unpaid",
+                s.awaiting_payment, s.expired_unpaid
+            );
         }
         _ => println!("no node running from {}", ctx.home.root().display()),
     }

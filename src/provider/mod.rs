@@ -4,7 +4,7 @@
 //! - [`job`] — one request, from claim to result;
 //! - [`terms`] — pay after or pay first, and credit for buyers who never paid here;
 //! - [`inputs`] — `url` inputs fetched before a job takes a slot;
-//! - [`settle`] — settlement watching and receipts;
+//! - [`settle`] — settlement watching, expiry and receipts;
 //! - [`policy`] — per-buyer limits: rate, jobs in flight, url fetches, credit for unproven buyers;
 //! - this file — options, start, status, graceful stop.
 
@@ -70,8 +70,12 @@ pub struct NodeOptions {
     pub refuse_unpaid: bool,
     /// How long `stop` waits for running jobs.
     pub drain_timeout: Duration,
-    /// How often pending invoices are looked up (besides notifications).
+    /// How often the settlement watcher wakes to look up pending invoices (besides
+    /// notifications).
     pub settlement_poll: Duration,
+    /// An invoice is looked up only after waiting this long for a notification, and then at most
+    /// this often.
+    pub invoice_poll_after: Duration,
     /// Fetch `url` inputs from loopback, private and other special addresses too. Off by
     /// default: a buyer must not be able to read the provider's own network through a job.
     pub allow_private_urls: bool,
@@ -101,6 +105,7 @@ impl Default for NodeOptions {
             refuse_unpaid: true,
             drain_timeout: Duration::from_secs(30),
             settlement_poll: Duration::from_secs(2),
+            invoice_poll_after: Duration::from_secs(5),
             allow_private_urls: false,
             fetch_timeout: Duration::from_secs(10),
             max_fetches: 8,
@@ -178,6 +183,9 @@ pub struct NodeStatus {
     pub totals: ProviderTotals,
     /// Invoices awaiting payment.
     pub awaiting_payment: u64,
+    /// Results whose invoice expired unpaid (all time); they are no longer looked up.
+    #[serde(default)]
+    pub expired_unpaid: u64,
 }
 
 pub(crate) struct Shared {
@@ -356,7 +364,13 @@ impl Node {
     /// A status snapshot.
     pub async fn status(&self) -> NodeStatus {
         let s = &self.shared;
-        let totals = s.store.jobs().provider_totals().unwrap_or_default();
+        let (totals, expired_unpaid) = {
+            let jobs = s.store.jobs();
+            (
+                jobs.provider_totals().unwrap_or_default(),
+                jobs.expired_invoices().unwrap_or_default(),
+            )
+        };
         NodeStatus {
             pid: std::process::id(),
             pubkey: s.keys.public_key().to_hex(),
@@ -387,6 +401,7 @@ impl Node {
             failed: s.failed.load(Ordering::SeqCst),
             totals,
             awaiting_payment: s.pending.lock().map(|p| p.len() as u64).unwrap_or(0),
+            expired_unpaid,
         }
     }
 

@@ -1,7 +1,9 @@
 //! A provider is safe to run on a laptop and resists griefing: url inputs cannot reach its own
-//! network, slow URLs hold no job slot, and unproven buyers get limited credit. Real relay, hub and nodes in-process, real HTTP servers on loopback.
+//! network, slow URLs hold no job slot, unproven buyers get limited credit, and expired invoices
+//! stop being polled. Real relay, hub and nodes in-process, real HTTP servers on loopback.
 
 mod credit;
+mod expiry;
 mod fetch;
 
 use std::sync::Arc;
