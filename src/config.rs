@@ -142,6 +142,45 @@ fn default_llm_timeout() -> u64 {
     120
 }
 
+/// The `[provider]` table: what a node (`pylon node up`, `pylon up`, `pylon swarm`) risks for
+/// buyers it does not know.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderConfig {
+    /// Fetch `url` inputs from loopback, private (RFC 1918, fc00::/7), link-local and other
+    /// special addresses. Off: a buyer must not read the provider's own network through a job.
+    #[serde(default)]
+    pub allow_private_urls: bool,
+    /// Jobs running or awaiting payment at once for a buyer who has never paid this node;
+    /// further jobs are pay-first. 0: every such buyer pays first.
+    #[serde(default = "default_max_unpaid_jobs_unproven")]
+    pub max_unpaid_jobs_unproven: u32,
+}
+
+impl Default for ProviderConfig {
+    fn default() -> Self {
+        Self {
+            allow_private_urls: false,
+            max_unpaid_jobs_unproven: default_max_unpaid_jobs_unproven(),
+        }
+    }
+}
+
+fn default_max_unpaid_jobs_unproven() -> u32 {
+    2
+}
+
+impl ProviderConfig {
+    /// These settings applied to a node's options.
+    pub fn apply(&self, options: crate::provider::NodeOptions) -> crate::provider::NodeOptions {
+        crate::provider::NodeOptions {
+            allow_private_urls: self.allow_private_urls,
+            max_unpaid_jobs_unproven: self.max_unpaid_jobs_unproven,
+            ..options
+        }
+    }
+}
+
 /// The `[hub]` table, as written.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -233,6 +272,8 @@ pub struct Config {
     pub buyer: BuyerConfig,
     /// Trusted hubs.
     pub trust: TrustConfig,
+    /// Provider safety limits.
+    pub provider: ProviderConfig,
 }
 
 /// The file as written: every field optional so a short file means "defaults for the rest".
@@ -249,6 +290,7 @@ struct ConfigFile {
     llm: Option<LlmConfig>,
     buyer: Option<BuyerFile>,
     trust: Option<TrustConfig>,
+    provider: Option<ProviderConfig>,
 }
 
 impl Config {
@@ -313,6 +355,7 @@ impl Config {
             llm: file.llm.unwrap_or_default(),
             buyer,
             trust,
+            provider: file.provider.unwrap_or_default(),
         })
     }
 
@@ -452,6 +495,15 @@ max_daily_sats = {max_daily}
 # pinned to (wallet.hub / wallet.nwc_uri) is trusted too. Nothing found on a relay is.
 [trust]
 hubs = {hubs}
+
+# What a provider node risks for buyers it does not know.
+[provider]
+# Fetch `url` job inputs from loopback, private (10/8, 192.168/16, fc00::/7, ...), link-local
+# and other special addresses. Off, a buyer cannot read this machine's own network through a job.
+allow_private_urls = false
+# Jobs a buyer who has never paid this node may have running or awaiting payment at once;
+# beyond that they pay first. 0: every such buyer pays first.
+max_unpaid_jobs_unproven = 2
 
 # What this node charges per job, in millisatoshis, by job request kind.
 [prices]
@@ -638,6 +690,34 @@ mod tests {
         let text = default_file_text_trusting(Some(hub));
         let c = Config::parse(&text, Path::new("c")).expect("valid");
         assert_eq!(c.trust.hubs.len(), 1);
+    }
+
+    #[test]
+    fn provider_table_defaults() {
+        let c = Config::parse("", Path::new("c")).expect("defaults");
+        assert_eq!(c.provider, ProviderConfig::default());
+        assert!(!c.provider.allow_private_urls);
+    }
+
+    #[test]
+    fn provider_table() {
+        let c = Config::parse(
+            "[provider]\nallow_private_urls = true\nmax_unpaid_jobs_unproven = 0",
+            Path::new("c"),
+        )
+        .expect("valid");
+        assert!(c.provider.allow_private_urls);
+        let options = c.provider.apply(crate::provider::NodeOptions::default());
+        assert!(options.allow_private_urls);
+        assert_eq!(options.max_unpaid_jobs_unproven, 0);
+        let shown = toml::to_string(&c).expect("serializes");
+        assert!(
+            shown.contains("[provider]") && shown.contains("allow_private_urls = true"),
+            "{shown}"
+        );
+        let err = Config::parse("[provider]\nallow_private_url = true", Path::new("c"))
+            .expect_err("typo");
+        assert!(err.to_string().contains("allow_private_url"), "{err}");
     }
 
     #[test]

@@ -176,6 +176,8 @@ pub async fn run(
         heartbeat_interval: Duration::from_secs(2),
         buyer_jobs_per_minute: 100_000,
         buyer_max_concurrent: 10_000,
+        // The demo's few buyers are the load, with fresh keys: no credit limit.
+        max_unpaid_jobs_unproven: u32::MAX,
         ..NodeOptions::default()
     };
     let swarm_options = SwarmOptions {

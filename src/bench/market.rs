@@ -223,13 +223,15 @@ fn stages(store: &Store, ids: &[String]) -> Stages {
     }
 }
 
-/// Node options for benchmarks: the per-buyer limits out of the way (one buyer is the load).
+/// Node options for benchmarks: the per-buyer limits out of the way (one buyer is the load, and
+/// a fresh key: no credit limit either).
 pub(crate) fn bench_node_options() -> NodeOptions {
     NodeOptions {
         prices: [(crate::protocol::kinds::CODE_ANALYSIS, 1_000)].into(),
         max_concurrent: 8,
         buyer_jobs_per_minute: 1_000_000,
         buyer_max_concurrent: 1_000_000,
+        max_unpaid_jobs_unproven: u32::MAX,
         settlement_poll: Duration::from_secs(1),
         ..NodeOptions::default()
     }

@@ -244,7 +244,7 @@ async fn up(ctx: &Context, args: UpArgs) -> anyhow::Result<ExitCode> {
     let (wallet, source) = resolve::connect(&identity, &config, &relays).await?;
     let wallet: Arc<dyn Wallet> = Arc::new(wallet);
     let store = Arc::new(Store::open(ctx.home.root())?);
-    let options = NodeOptions {
+    let options = config.provider.apply(NodeOptions {
         name: format!("pylon-{}", &keys.public_key().to_hex()[..8]),
         prices,
         max_concurrent: args.max_concurrent.max(1),
@@ -256,7 +256,7 @@ async fn up(ctx: &Context, args: UpArgs) -> anyhow::Result<ExitCode> {
         buyer_max_concurrent: args.buyer_max_concurrent.max(1),
         refuse_unpaid: !args.allow_unpaid,
         ..NodeOptions::default()
-    };
+    });
     let node = Node::start(
         keys.clone(),
         Arc::new(relay),
@@ -342,7 +342,10 @@ fn status(ctx: &Context, flags: JsonFlag) -> anyhow::Result<ExitCode> {
                 s.totals.earned_msat / 1000,
                 s.totals.failed
             );
-            println!("  awaiting payment: {}", s.awaiting_payment);
+            println!(
+                "  invoices: {} awaiting payment, {} expired unpaid",
+                s.awaiting_payment, s.expired_unpaid
+            );
         }
         _ => println!("no node running from {}", ctx.home.root().display()),
     }

@@ -54,10 +54,10 @@ pub(crate) async fn run(ctx: &Context, args: SwarmArgs) -> anyhow::Result<ExitCo
         .collect();
     let options = SwarmOptions {
         providers: args.providers.max(1),
-        node: NodeOptions {
+        node: config.provider.apply(NodeOptions {
             prices,
             ..NodeOptions::default()
-        },
+        }),
         registry,
         fund_sats: args.fund,
     };

@@ -66,11 +66,11 @@ pub(crate) async fn run(ctx: &Context, args: UpArgs) -> anyhow::Result<ExitCode>
         reach_timeout: config.fallback_timeout,
         web: args.web,
         providers: args.providers,
-        node: NodeOptions {
+        node: config.provider.apply(NodeOptions {
             prices,
             heartbeat_interval: Duration::from_secs(args.heartbeat_secs.max(1)),
             ..NodeOptions::default()
-        },
+        }),
         registry,
         hub: config.hub.clone(),
     };

@@ -1,6 +1,7 @@
 //! Job kinds a provider can run. Each is an [`Executor`]; the provider looks them up by kind.
 
 pub mod code;
+pub mod fetch;
 pub mod textgen;
 
 use std::collections::BTreeMap;
@@ -47,6 +48,12 @@ pub trait Executor: Send + Sync {
     /// Models served (text generation), for the announcement and status.
     fn models(&self) -> Vec<String> {
         Vec::new()
+    }
+    /// Whether the executor reads `url` inputs. The provider fetches them (safely, outside the
+    /// execution slots: see [`fetch`]) and hands the executor their text; executors themselves
+    /// never touch the network for an input.
+    fn takes_urls(&self) -> bool {
+        false
     }
     /// Runs the job.
     fn execute<'a>(&'a self, request: &'a JobRequest) -> BoxFuture<'a, Result<Output, ExecError>>;

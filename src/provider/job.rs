@@ -1,4 +1,8 @@
-//! One job on the provider side: admit, claim, (get paid,) run, invoice, publish.
+//! One job on the provider side: admit, (get paid,) fetch its inputs, claim a slot, run,
+//! invoice, publish.
+//!
+//! Only the executor runs in a slot: pay-first waits ([`super::terms`]) and url fetches
+//! ([`super::inputs`]) happen before, so neither an unpaid invoice nor a slow URL holds one.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -7,7 +11,8 @@ use std::time::Instant;
 use bitcoin::hashes::{sha256, Hash};
 use nostr_sdk::{Event, JsonUtil, Timestamp};
 
-use super::{settle, PaymentMode, Shared};
+use super::terms::Payment;
+use super::{settle, Shared};
 use crate::protocol::failure::FailureCode;
 use crate::protocol::nip47::MakeInvoiceParams;
 use crate::protocol::nip90::{Amount, JobRequest, JobResult, JobStatus, NewFeedback};
@@ -111,30 +116,44 @@ pub(super) async fn handle(s: Arc<Shared>, event: Event) {
     if let Err((code, why)) = admitted {
         return job.fail(code, &why).await;
     }
-    job.run(price).await;
+    let (pay_first, credit) = super::terms::decide(&s, &request);
+    job.run(price, pay_first).await;
+    drop(credit);
     if let Ok(mut b) = s.buyers.lock() {
         b.release(&request.buyer);
     }
 }
 
-struct Job<'a> {
-    s: &'a Arc<Shared>,
-    event: &'a Event,
-    request: &'a JobRequest,
+/// How a job is to be paid, decided at admission.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum PayFirst {
+    /// Run now, invoice with the result.
+    No,
+    /// The node's policy: every job is paid first.
+    Always,
+    /// The buyer has no paid history here and is at the credit limit. Waived if the buyer pays
+    /// for another job while this one waits.
+    Unproven,
+}
+
+pub(super) struct Job<'a> {
+    pub(super) s: &'a Arc<Shared>,
+    pub(super) event: &'a Event,
+    pub(super) request: &'a JobRequest,
 }
 
 impl Job<'_> {
-    fn id(&self) -> String {
+    pub(super) fn id(&self) -> String {
         self.request.id.to_hex()
     }
 
-    fn update(&self, sets: &[Set]) {
+    pub(super) fn update(&self, sets: &[Set]) {
         if let Err(e) = self.s.store.jobs().update(&self.id(), Role::Provider, sets) {
             tracing::error!(job = %self.id(), "cannot update job: {e}");
         }
     }
 
-    async fn fail(&self, code: FailureCode, why: &str) {
+    pub(super) async fn fail(&self, code: FailureCode, why: &str) {
         feedback_error(self.s, self.event, code.clone(), why).await;
         self.update(&[
             Set::Error(code, why.to_string()),
@@ -143,7 +162,7 @@ impl Job<'_> {
         self.s.failed.fetch_add(1, Ordering::SeqCst);
     }
 
-    async fn feedback(&self, status: JobStatus, info: &str, amount: Option<Amount>) {
+    pub(super) async fn feedback(&self, status: JobStatus, info: &str, amount: Option<Amount>) {
         // A claim is informational: nothing waits for the relay to confirm it. A payment request
         // must arrive, so it waits.
         let confirm = amount.is_some();
@@ -168,7 +187,7 @@ impl Job<'_> {
         }
     }
 
-    async fn invoice(&self, price: u64) -> Result<Amount, String> {
+    pub(super) async fn invoice(&self, price: u64) -> Result<Amount, String> {
         let tx = self
             .s
             .wallet
@@ -198,13 +217,29 @@ impl Job<'_> {
         })
     }
 
-    async fn run(&self, price: u64) {
+    async fn run(&self, price: u64, pay_first: PayFirst) {
         let s = self.s;
+        let payment = match pay_first {
+            PayFirst::No => Payment::Later,
+            PayFirst::Always => match self.pay_first(price, false).await {
+                Some(p) => p,
+                None => return,
+            },
+            PayFirst::Unproven => match self.pay_first(price, true).await {
+                Some(p) => p,
+                None => return,
+            },
+        };
+        let request = match self.inputs().await {
+            Ok(r) => r,
+            Err(e) => return self.abandon(&payment, e.code, &e.message).await,
+        };
         s.queued.fetch_add(1, Ordering::SeqCst);
         let permit = s.slots.acquire().await;
         s.queued.fetch_sub(1, Ordering::SeqCst);
         let Ok(_permit) = permit else { return };
-        if s.draining.load(Ordering::SeqCst) {
+        // A job already invoiced is one the node committed to: it runs even while draining.
+        if s.draining.load(Ordering::SeqCst) && matches!(payment, Payment::Later) {
             // Claimed nothing yet: release it so the buyer can resubmit elsewhere.
             return self
                 .fail(
@@ -214,85 +249,62 @@ impl Job<'_> {
                 .await;
         }
         s.running.fetch_add(1, Ordering::SeqCst);
-        self.execute(price).await;
+        self.execute(price, &request, payment).await;
         s.running.fetch_sub(1, Ordering::SeqCst);
     }
 
-    async fn execute(&self, price: u64) {
-        let s = self.s;
-        self.feedback(JobStatus::Processing, "claimed", None).await;
-        self.update(&[
-            Set::State(JobState::Processing),
-            Set::Time(Stamp::PickedUp, now_ms()),
-        ]);
-
-        let mut prepaid: Option<(Amount, settle::Settled)> = None;
-        if s.options.payment == PaymentMode::Before {
-            let amount = match self.invoice(price).await {
-                Ok(a) => a,
-                Err(e) => return self.fail(FailureCode::PaymentFailed, &e).await,
-            };
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            let hash = self.payment_hash();
-            settle::expect(s, &hash, &self.id(), Some(tx));
-            self.update(&[Set::State(JobState::PaymentRequired)]);
-            self.feedback(
-                JobStatus::PaymentRequired,
-                "pay this invoice to start the job",
-                Some(amount.clone()),
-            )
-            .await;
-            let wait = std::time::Duration::from_secs(s.options.invoice_expiry_secs);
-            match tokio::time::timeout(wait, rx).await {
-                Ok(Ok(settled)) => prepaid = Some((amount, settled)),
-                _ => {
-                    settle::forget(s, &hash);
-                    return self
-                        .fail(
-                            FailureCode::PaymentFailed,
-                            "the invoice was not paid in time",
-                        )
-                        .await;
-                }
-            }
+    /// Fails a job that will not run; an invoice it still has is no longer watched.
+    async fn abandon(&self, payment: &Payment, code: FailureCode, why: &str) {
+        if let Payment::Invoiced { hash, .. } = payment {
+            settle::forget(self.s, hash);
         }
+        self.fail(code, why).await;
+    }
 
+    async fn execute(&self, price: u64, request: &JobRequest, payment: Payment) {
+        let s = self.s;
+        if matches!(payment, Payment::Later) {
+            // Pay-first jobs were claimed when they asked for payment.
+            self.feedback(JobStatus::Processing, "claimed", None).await;
+            self.update(&[
+                Set::State(JobState::Processing),
+                Set::Time(Stamp::PickedUp, now_ms()),
+            ]);
+        }
         self.update(&[Set::Time(Stamp::Started, now_ms())]);
         let Some(executor) = s.executors.get(self.request.kind).cloned() else {
             return self
-                .fail(FailureCode::UnsupportedKind, "kind not served")
+                .abandon(&payment, FailureCode::UnsupportedKind, "kind not served")
                 .await;
         };
         let run = async {
-            let out =
-                tokio::time::timeout(s.options.job_timeout, executor.execute(self.request)).await;
+            let out = tokio::time::timeout(s.options.job_timeout, executor.execute(request)).await;
             self.update(&[Set::Time(Stamp::Finished, now_ms())]);
             out
         };
         // The invoice is made while the job runs: it costs a wallet round trip.
         let invoice = async {
-            match &prepaid {
-                Some((amount, _)) => Ok(amount.clone()),
-                None => self.invoice(price).await,
+            match &payment {
+                Payment::Later => self.invoice(price).await,
+                Payment::Prepaid { amount, .. } | Payment::Invoiced { amount, .. } => {
+                    Ok(amount.clone())
+                }
             }
         };
         let (output, amount) = tokio::join!(run, invoice);
         let output = match output {
             Err(_) => {
-                return self
-                    .fail(
-                        FailureCode::Timeout,
-                        &format!("the job ran longer than {:?}", s.options.job_timeout),
-                    )
-                    .await
+                let why = format!("the job ran longer than {:?}", s.options.job_timeout);
+                return self.abandon(&payment, FailureCode::Timeout, &why).await;
             }
-            Ok(Err(e)) => return self.fail(e.code, &e.message).await,
+            Ok(Err(e)) => return self.abandon(&payment, e.code, &e.message).await,
             Ok(Ok(output)) => output,
         };
         let amount = match amount {
             Ok(a) => a,
             Err(e) => return self.fail(FailureCode::PaymentFailed, &e).await,
         };
+        // The result embeds and echoes the request as the buyer sent it, not the inlined copy.
         let result = match JobResult::to_event(
             &s.keys,
             self.event,
@@ -301,24 +313,40 @@ impl Job<'_> {
             Some(&amount),
         ) {
             Ok(r) => r,
-            Err(e) => return self.fail(FailureCode::ExecError, &e.to_string()).await,
+            Err(e) => {
+                return self
+                    .abandon(&payment, FailureCode::ExecError, &e.to_string())
+                    .await
+            }
         };
         let hash = self.payment_hash();
         // Recorded before publishing: a fast buyer pays the moment the result lands, and the
         // settlement watcher needs the result's id for the receipt (and must not be overtaken).
         let digest = sha256::Hash::hash(output.content.as_bytes()).to_string();
+        let prepaid = matches!(payment, Payment::Prepaid { .. });
         self.update(&[
             Set::Result(result.id.to_hex(), digest, output.content.len() as u64),
             Set::Time(Stamp::Published, now_ms()),
-            Set::State(if prepaid.is_some() {
+            Set::State(if prepaid {
                 JobState::Paid
             } else {
                 JobState::Result
             }),
         ]);
-        if prepaid.is_none() {
-            settle::expect(s, &hash, &self.id(), None);
-        }
+        let preimage = match payment {
+            Payment::Later => {
+                settle::expect(s, &hash, &self.id(), None);
+                None
+            }
+            Payment::Prepaid { preimage, .. } => {
+                // The buyer has paid here now: wake any of their jobs waiting on that.
+                s.payments.notify_waiters();
+                Some(preimage)
+            }
+            Payment::Invoiced { mut paid, .. } => {
+                settle::hand_over(s, &hash, &self.id(), &mut paid)
+            }
+        };
         if let Err(e) = s.relay.publish(&result).await {
             settle::forget(s, &hash);
             return self
@@ -329,12 +357,13 @@ impl Job<'_> {
                 .await;
         }
         s.served.fetch_add(1, Ordering::SeqCst);
-        if let Some((_, settled)) = prepaid {
-            settle::receipt(s, &self.id(), &settled).await;
+        if let Some(preimage) = preimage {
+            settle::receipt(s, &self.id(), &preimage).await;
+            s.payments.notify_waiters();
         }
     }
 
-    fn payment_hash(&self) -> String {
+    pub(super) fn payment_hash(&self) -> String {
         self.s
             .store
             .jobs()

@@ -2,13 +2,17 @@
 //! publish receipts.
 //!
 //! - [`job`] — one request, from claim to result;
-//! - [`settle`] — settlement watching and receipts;
-//! - [`policy`] — per-buyer limits;
+//! - [`terms`] — pay after or pay first, and credit for buyers who never paid here;
+//! - [`inputs`] — `url` inputs fetched before a job takes a slot;
+//! - [`settle`] — settlement watching, expiry and receipts;
+//! - [`policy`] — per-buyer limits: rate, jobs in flight, url fetches, credit for unproven buyers;
 //! - this file — options, start, status, graceful stop.
 
+mod inputs;
 mod job;
 mod policy;
 mod settle;
+mod terms;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -17,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use nostr_sdk::{Filter, Keys, Kind, RelayPoolNotification, Timestamp, ToBech32};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{oneshot, watch, Semaphore};
+use tokio::sync::{oneshot, watch, Notify, Semaphore};
 use tokio::task::JoinHandle;
 
 use crate::executors::Registry;
@@ -66,8 +70,24 @@ pub struct NodeOptions {
     pub refuse_unpaid: bool,
     /// How long `stop` waits for running jobs.
     pub drain_timeout: Duration,
-    /// How often pending invoices are looked up (besides notifications).
+    /// How often the settlement watcher wakes to look up pending invoices (besides
+    /// notifications).
     pub settlement_poll: Duration,
+    /// An invoice is looked up only after waiting this long for a notification, and then at most
+    /// this often.
+    pub invoice_poll_after: Duration,
+    /// Fetch `url` inputs from loopback, private and other special addresses too. Off by
+    /// default: a buyer must not be able to read the provider's own network through a job.
+    pub allow_private_urls: bool,
+    /// Longest fetching one job's `url` inputs may take, redirects included.
+    pub fetch_timeout: Duration,
+    /// Url fetches at once over all buyers (they run outside the job slots).
+    pub max_fetches: usize,
+    /// Url fetches at once for one buyer.
+    pub buyer_max_fetches: u32,
+    /// Jobs running or awaiting payment at once for a buyer who never paid this node; beyond
+    /// that, a job is pay-first. `0`: every unproven buyer pays first.
+    pub max_unpaid_jobs_unproven: u32,
 }
 
 impl Default for NodeOptions {
@@ -85,6 +105,23 @@ impl Default for NodeOptions {
             refuse_unpaid: true,
             drain_timeout: Duration::from_secs(30),
             settlement_poll: Duration::from_secs(2),
+            invoice_poll_after: Duration::from_secs(5),
+            allow_private_urls: false,
+            fetch_timeout: Duration::from_secs(10),
+            max_fetches: 8,
+            buyer_max_fetches: 1,
+            max_unpaid_jobs_unproven: 2,
+        }
+    }
+}
+
+impl NodeOptions {
+    /// The limits every `url` fetch of this node runs under.
+    pub fn fetch_policy(&self) -> crate::executors::fetch::FetchPolicy {
+        crate::executors::fetch::FetchPolicy {
+            allow_private: self.allow_private_urls,
+            timeout: self.fetch_timeout,
+            ..Default::default()
         }
     }
 }
@@ -146,6 +183,9 @@ pub struct NodeStatus {
     pub totals: ProviderTotals,
     /// Invoices awaiting payment.
     pub awaiting_payment: u64,
+    /// Results whose invoice expired unpaid (all time); they are no longer looked up.
+    #[serde(default)]
+    pub expired_unpaid: u64,
 }
 
 pub(crate) struct Shared {
@@ -164,6 +204,12 @@ pub(crate) struct Shared {
     /// Date of the last heartbeat (unix seconds), so the next one is always newer.
     last_beat: AtomicU64,
     buyers: Mutex<policy::BuyerLimits>,
+    /// Url fetches, outside the slots.
+    fetches: policy::FetchGate,
+    /// Work on credit for buyers who never paid here.
+    credit: Mutex<policy::Credit>,
+    /// Woken whenever a payment is recorded (pay-first jobs of unproven buyers wait on it).
+    payments: Notify,
     pending: Mutex<HashMap<String, settle::Pending>>,
     started: Instant,
     started_at: Timestamp,
@@ -255,6 +301,9 @@ impl Node {
                 options.buyer_jobs_per_minute,
                 options.buyer_max_concurrent,
             )),
+            fetches: policy::FetchGate::new(options.max_fetches, options.buyer_max_fetches),
+            credit: Mutex::new(policy::Credit::new(options.max_unpaid_jobs_unproven)),
+            payments: Notify::new(),
             keys,
             relay,
             wallet,
@@ -315,7 +364,13 @@ impl Node {
     /// A status snapshot.
     pub async fn status(&self) -> NodeStatus {
         let s = &self.shared;
-        let totals = s.store.jobs().provider_totals().unwrap_or_default();
+        let (totals, expired_unpaid) = {
+            let jobs = s.store.jobs();
+            (
+                jobs.provider_totals().unwrap_or_default(),
+                jobs.expired_invoices().unwrap_or_default(),
+            )
+        };
         NodeStatus {
             pid: std::process::id(),
             pubkey: s.keys.public_key().to_hex(),
@@ -346,6 +401,7 @@ impl Node {
             failed: s.failed.load(Ordering::SeqCst),
             totals,
             awaiting_payment: s.pending.lock().map(|p| p.len() as u64).unwrap_or(0),
+            expired_unpaid,
         }
     }
 

@@ -3,11 +3,16 @@
 //! Wallet notifications are the fast path; a slow poll of `lookup_invoice` catches any that were
 //! missed (a lagging channel, a wallet restart), and pending invoices survive a node restart
 //! because they are read back from `jobs.db`.
+//!
+//! An invoice past its expiry gets one last look-up (a payment may have landed just before it
+//! expired and its notification been lost); if still unpaid it is marked `expired` in `jobs.db`
+//! and dropped: never looked up again, nor read back after a restart. Without that, every
+//! unpaid invoice a node ever issued stayed in the poll forever.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use nostr_sdk::EventId;
+use nostr_sdk::{EventId, Timestamp};
 use tokio::sync::watch;
 
 use super::{PaidSignal, Shared};
@@ -19,8 +24,6 @@ use crate::store::{now_ms, JobState, Role, Set, Stamp, StoreError};
 
 /// Most invoices looked up per poll tick, so a large backlog never floods the wallet.
 const LOOKUPS_PER_TICK: usize = 25;
-/// An invoice is polled only after waiting this long for a notification.
-const POLL_AFTER: Duration = Duration::from_secs(5);
 
 /// An invoice this node waits on.
 pub(crate) struct Pending {
@@ -28,6 +31,8 @@ pub(crate) struct Pending {
     waiter: Option<PaidSignal>,
     since: Instant,
     last_poll: Option<Instant>,
+    /// Unix seconds, read from `jobs.db` the first time the invoice is polled.
+    expires_at: Option<u64>,
 }
 
 /// Registers an invoice to watch; `waiter` is woken with the preimage (pay-first jobs).
@@ -40,9 +45,46 @@ pub(super) fn expect(s: &Shared, payment_hash: &str, job_id: &str, waiter: Optio
                 waiter,
                 since: Instant::now(),
                 last_poll: None,
+                expires_at: None,
             },
         );
     }
+}
+
+/// Hands a pay-first invoice over to the settlement watcher, for a job that runs before it is
+/// paid after all (its buyer proved good meanwhile): from now on a payment leads to the receipt
+/// like any pay-after job's. Call it once the job's result is recorded. Returns the preimage if
+/// the invoice was paid already (the caller then publishes the receipt).
+pub(super) fn hand_over(
+    s: &Shared,
+    payment_hash: &str,
+    job_id: &str,
+    paid: &mut tokio::sync::oneshot::Receiver<Settled>,
+) -> Option<Settled> {
+    let Ok(mut p) = s.pending.lock() else {
+        return paid.try_recv().ok();
+    };
+    // Settlement takes the entry out under this lock, then sends the preimage. Entry gone and
+    // no preimage yet: it is on its way to a receiver about to be dropped, so the invoice is
+    // watched again below and the next poll finds it settled.
+    if let Ok(preimage) = paid.try_recv() {
+        return Some(preimage);
+    }
+    if let Some(entry) = p.get_mut(payment_hash) {
+        entry.waiter = None;
+    } else {
+        p.insert(
+            payment_hash.to_string(),
+            Pending {
+                job_id: job_id.to_string(),
+                waiter: None,
+                since: Instant::now(),
+                last_poll: None,
+                expires_at: None,
+            },
+        );
+    }
+    None
 }
 
 /// Stops watching an invoice.
@@ -91,6 +133,7 @@ pub(super) async fn watch(s: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
                     let proof = n.notification.attestation().cloned();
                     if let Some(preimage) = n.notification.preimage {
                         paid(&s, &n.notification.payment_hash, Settled { preimage, proof }).await;
+                    s.payments.notify_waiters();
                     }
                 }
                 Ok(_) => {}
@@ -108,7 +151,8 @@ pub(super) async fn watch(s: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
 }
 
 async fn poll(s: &Arc<Shared>) {
-    let due: Vec<String> = {
+    let every = s.options.invoice_poll_after;
+    let due: Vec<(String, String, Option<u64>)> = {
         let Ok(mut pending) = s.pending.lock() else {
             return;
         };
@@ -116,9 +160,8 @@ async fn poll(s: &Arc<Shared>) {
         let mut due: Vec<(&String, &mut Pending)> = pending
             .iter_mut()
             .filter(|(_, p)| {
-                now.duration_since(p.since) >= POLL_AFTER
-                    && p.last_poll
-                        .is_none_or(|t| now.duration_since(t) >= POLL_AFTER)
+                now.duration_since(p.since) >= every
+                    && p.last_poll.is_none_or(|t| now.duration_since(t) >= every)
             })
             .collect();
         due.sort_by_key(|(_, p)| p.last_poll);
@@ -126,20 +169,71 @@ async fn poll(s: &Arc<Shared>) {
             .take(LOOKUPS_PER_TICK)
             .map(|(hash, p)| {
                 p.last_poll = Some(now);
-                hash.clone()
+                (hash.clone(), p.job_id.clone(), p.expires_at)
             })
             .collect()
     };
-    for hash in due {
+    for (hash, job_id, expires_at) in due {
+        let expires_at = match expires_at {
+            Some(at) => Some(at),
+            None => expiry(s, &hash, &job_id),
+        };
+        let expired = expires_at.is_some_and(|at| Timestamp::now().as_secs() >= at);
         match s.wallet.lookup_invoice(hash.clone()).await {
             Ok(tx) if tx.is_settled() => {
                 let proof = tx.attestation().cloned();
                 if let Some(preimage) = tx.preimage {
                     paid(s, &hash, Settled { preimage, proof }).await;
+                    s.payments.notify_waiters();
                 }
             }
+            Ok(_) if expired => expire(s, &hash, &job_id),
             Ok(_) => {}
+            // A failed look-up proves nothing: try again next time, expired or not.
             Err(e) => tracing::debug!("lookup of {hash} failed: {e}"),
+        }
+    }
+}
+
+/// The expiry of a pending invoice, from `jobs.db`, remembered in its entry.
+fn expiry(s: &Shared, payment_hash: &str, job_id: &str) -> Option<u64> {
+    let at = s
+        .store
+        .jobs()
+        .get(job_id, Role::Provider)
+        .ok()
+        .flatten()
+        .and_then(|r| r.invoice_expires_at)?;
+    if let Ok(mut p) = s.pending.lock() {
+        if let Some(entry) = p.get_mut(payment_hash) {
+            entry.expires_at = Some(at);
+        }
+    }
+    Some(at)
+}
+
+/// An invoice expired unpaid: stop watching it, for good. A job still waiting for it to be paid
+/// first is woken (its waiter dropped) and fails; a published result is marked `expired`.
+fn expire(s: &Shared, payment_hash: &str, job_id: &str) {
+    let entry = s
+        .pending
+        .lock()
+        .ok()
+        .and_then(|mut p| p.remove(payment_hash));
+    let Some(entry) = entry else { return };
+    if entry.waiter.is_some() {
+        return;
+    }
+    let jobs = s.store.jobs();
+    let state = jobs
+        .get(job_id, Role::Provider)
+        .ok()
+        .flatten()
+        .and_then(|r| r.state);
+    if state == Some(JobState::Result) {
+        tracing::info!(job = job_id, "invoice expired unpaid; no longer watched");
+        if let Err(e) = jobs.update(job_id, Role::Provider, &[Set::State(JobState::Expired)]) {
+            tracing::error!(job = job_id, "cannot mark the invoice expired: {e}");
         }
     }
 }

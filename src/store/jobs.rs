@@ -46,6 +46,8 @@ pub enum JobState {
     Done,
     /// Failed; see the error code.
     Failed,
+    /// Result published, its invoice expired unpaid (provider side). Never looked up again.
+    Expired,
 }
 
 impl JobState {
@@ -59,6 +61,7 @@ impl JobState {
             Self::Paid => "paid",
             Self::Done => "done",
             Self::Failed => "failed",
+            Self::Expired => "expired",
         }
     }
 
@@ -70,6 +73,7 @@ impl JobState {
             "paid" => Self::Paid,
             "done" => Self::Done,
             "failed" => Self::Failed,
+            "expired" => Self::Expired,
             _ => Self::Submitted,
         }
     }
@@ -426,22 +430,58 @@ impl Jobs {
         Ok(rows)
     }
 
-    /// How many of `buyer`'s invoices to this provider expired unpaid.
+    /// How many of `buyer`'s invoices to this provider expired unpaid: marked so, or past their
+    /// expiry and not yet marked.
     pub fn expired_unpaid(&self, buyer: &str, now_secs: u64) -> Result<u64, StoreError> {
         let n: i64 = self
             .conn
             .prepare_cached(
-                "SELECT COUNT(*) FROM jobs WHERE role = 'provider' AND buyer = ?1 AND state = 'result'
-                   AND invoice_expires_at IS NOT NULL AND invoice_expires_at < ?2",
+                "SELECT COUNT(*) FROM jobs WHERE role = 'provider' AND buyer = ?1
+                   AND (state = 'expired' OR (state = 'result'
+                        AND invoice_expires_at IS NOT NULL AND invoice_expires_at < ?2))",
             )?
             .query_row(params![buyer, now_secs as i64], |r| r.get(0))?;
+        Ok(n as u64)
+    }
+
+    /// Whether `buyer` ever paid this provider (a job of theirs is paid or done).
+    pub fn buyer_has_paid(&self, buyer: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM jobs WHERE role = 'provider' AND buyer = ?1
+                   AND state IN ('paid', 'done'))",
+            )?
+            .query_row(params![buyer], |r| r.get(0))?)
+    }
+
+    /// How many of `buyer`'s results at this provider wait for payment (invoice not yet paid,
+    /// not marked expired).
+    pub fn outstanding_invoices(&self, buyer: &str) -> Result<u64, StoreError> {
+        let n: i64 = self
+            .conn
+            .prepare_cached(
+                "SELECT COUNT(*) FROM jobs WHERE role = 'provider' AND buyer = ?1 AND state = 'result'",
+            )?
+            .query_row(params![buyer], |r| r.get(0))?;
+        Ok(n as u64)
+    }
+
+    /// Provider jobs whose invoice expired unpaid, over the node's whole history.
+    pub fn expired_invoices(&self) -> Result<u64, StoreError> {
+        let n: i64 = self
+            .conn
+            .prepare_cached(
+                "SELECT COUNT(*) FROM jobs WHERE role = 'provider' AND state = 'expired'",
+            )?
+            .query_row([], |r| r.get(0))?;
         Ok(n as u64)
     }
 
     /// Provider totals: served, failed by code, earnings (msats).
     pub fn provider_totals(&self) -> Result<ProviderTotals, StoreError> {
         let (served, earned): (i64, i64) = self.conn.query_row(
-            "SELECT COUNT(*) FILTER (WHERE state IN ('result', 'paid', 'done')),
+            "SELECT COUNT(*) FILTER (WHERE state IN ('result', 'paid', 'done', 'expired')),
                     COALESCE(SUM(amount_msat) FILTER (WHERE state = 'done' AND preimage IS NOT NULL), 0)
              FROM jobs WHERE role = 'provider'",
             [],
@@ -587,6 +627,31 @@ mod tests {
         );
         assert_eq!(jobs.expired_unpaid("b", 10).expect("count"), 1);
         assert_eq!(jobs.awaiting_payment().expect("pending").len(), 1);
+        assert_eq!(jobs.outstanding_invoices("b").expect("count"), 1);
+        assert!(!jobs.buyer_has_paid("b").expect("paid?"));
+        // Marked expired: no longer awaited, still counted against the buyer and in totals.
+        jobs.update(
+            &rec.job_id,
+            Role::Provider,
+            &[Set::State(JobState::Expired)],
+        )
+        .expect("expire");
+        assert!(jobs.awaiting_payment().expect("pending").is_empty());
+        assert_eq!(jobs.expired_unpaid("b", 0).expect("count"), 1);
+        assert_eq!(jobs.expired_invoices().expect("count"), 1);
+        assert_eq!(jobs.outstanding_invoices("b").expect("count"), 0);
+        assert_eq!(jobs.provider_totals().expect("totals").served, 1);
+        assert_eq!(
+            jobs.get(&rec.job_id, Role::Provider)
+                .expect("get")
+                .expect("row")
+                .state,
+            Some(JobState::Expired),
+            "the state survives a read back"
+        );
+        jobs.update(&rec.job_id, Role::Provider, &[Set::State(JobState::Done)])
+            .expect("done");
+        assert!(jobs.buyer_has_paid("b").expect("paid?"));
         assert_eq!(
             jobs.find("abab").expect("find").expect("found").role,
             Some(Role::Buyer)

@@ -11,6 +11,7 @@ mod hub_process;
 mod hub_wallet;
 mod market;
 mod paid_once;
+mod provider_safety;
 mod quality;
 mod relay_process;
 mod relay_protocol;

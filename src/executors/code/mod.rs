@@ -32,9 +32,13 @@ impl Executor for CodeAnalysis {
         )]
     }
 
+    fn takes_urls(&self) -> bool {
+        true
+    }
+
     fn execute<'a>(&'a self, request: &'a JobRequest) -> BoxFuture<'a, Result<Output, ExecError>> {
         Box::pin(async move {
-            let (path, content) = input(request).await?;
+            let (path, content) = input(request)?;
             let analysis = tokio::task::spawn_blocking(move || analyze(&path, &content))
                 .await
                 .map_err(|e| {
@@ -47,8 +51,9 @@ impl Executor for CodeAnalysis {
     }
 }
 
-/// The file to analyse: `i` text with a `path` param, or an `i` url.
-async fn input(request: &JobRequest) -> Result<(String, String), ExecError> {
+/// The file to analyse: `i` text with a `path` param. A `url` input reaches here already fetched
+/// (as text) by the provider, see [`crate::executors::fetch::inline_urls`].
+fn input(request: &JobRequest) -> Result<(String, String), ExecError> {
     let invalid = |m: String| ExecError::new(FailureCode::InvalidInput, m);
     let first = request.inputs.first().ok_or_else(|| {
         invalid("no input: send the file as an `i` text tag (with a `path` param) or a url".into())
@@ -58,7 +63,13 @@ async fn input(request: &JobRequest) -> Result<(String, String), ExecError> {
             request.param("path").unwrap_or("input.txt").to_string(),
             first.data.clone().into_bytes(),
         ),
-        InputType::Url => fetch(&first.data).await?,
+        InputType::Url => {
+            return Err(invalid(
+                "url inputs are fetched by the provider before the job runs; \
+                 inline them with executors::fetch::inline_urls"
+                    .into(),
+            ))
+        }
         ref other => {
             return Err(invalid(format!(
                 "input type `{other:?}` is not supported; use text or url"
@@ -77,49 +88,4 @@ async fn input(request: &JobRequest) -> Result<(String, String), ExecError> {
     let content =
         String::from_utf8(bytes).map_err(|_| invalid("binary input (not UTF-8)".into()))?;
     Ok((path, content))
-}
-
-async fn fetch(url: &str) -> Result<(String, Vec<u8>), ExecError> {
-    let invalid = |m: String| ExecError::new(FailureCode::InvalidInput, m);
-    let parsed = reqwest::Url::parse(url).map_err(|e| invalid(format!("bad url: {e}")))?;
-    if !matches!(parsed.scheme(), "http" | "https") {
-        return Err(invalid(format!(
-            "only http(s) urls are fetched, not {}",
-            parsed.scheme()
-        )));
-    }
-    let path = parsed.path().trim_start_matches('/').to_string();
-    let client = reqwest::Client::builder()
-        .timeout(std::time::Duration::from_secs(10))
-        .build()
-        .map_err(|e| ExecError::new(FailureCode::ExecError, e.to_string()))?;
-    let mut resp = client
-        .get(parsed)
-        .send()
-        .await
-        .map_err(|e| invalid(format!("cannot fetch {url}: {}", e.without_url())))?;
-    if !resp.status().is_success() {
-        return Err(invalid(format!("fetching {url}: HTTP {}", resp.status())));
-    }
-    let mut body = Vec::new();
-    while let Some(chunk) = resp
-        .chunk()
-        .await
-        .map_err(|e| invalid(format!("reading {url}: {}", e.without_url())))?
-    {
-        body.extend_from_slice(&chunk);
-        if body.len() > MAX_FILE_BYTES {
-            return Err(invalid(format!(
-                "{url} is larger than {MAX_FILE_BYTES} bytes"
-            )));
-        }
-    }
-    Ok((
-        if path.is_empty() {
-            "index".into()
-        } else {
-            path
-        },
-        body,
-    ))
 }
