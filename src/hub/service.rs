@@ -328,19 +328,14 @@ impl Service {
                 };
                 (response, None)
             }
-            Request::ListTransactions(params) => (
-                Response::ok(
-                    method,
-                    ListTransactionsResult {
-                        transactions: ledger
-                            .list(&me, &params, now)?
-                            .into_iter()
-                            .map(|tx| self.sealed(tx))
-                            .collect(),
-                    },
-                ),
-                None,
-            ),
+            Request::ListTransactions(params) => {
+                let transactions: Vec<nip47::Transaction> = ledger
+                    .list(&me, &params, now)?
+                    .into_iter()
+                    .map(|tx| self.sealed(tx))
+                    .collect();
+                (fitted_list(method, transactions), None)
+            }
             Request::MakeInvoice(params) => {
                 let purpose = match (params.description_hash, params.description) {
                     (Some(hash), _) => Purpose::DescriptionHash(hash),
@@ -457,6 +452,30 @@ impl Service {
 
     fn lock_recent(&self) -> std::sync::MutexGuard<'_, Recent> {
         self.recent.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Most plaintext one response may carry: NIP-44 v2 encrypts at most 65,535 bytes, and a page of
+/// settled transactions (each with its invoice and attestation) passes that near 60 entries.
+const MAX_RESPONSE_BYTES: usize = 60_000;
+
+/// A `list_transactions` answer that fits one encrypted event: the newest transactions that fit,
+/// fewer than asked when need be (NIP-47 lets a wallet return fewer; clients page with `offset`).
+fn fitted_list(method: &str, mut transactions: Vec<nip47::Transaction>) -> Response {
+    loop {
+        let response = Response::ok(
+            method,
+            ListTransactionsResult {
+                transactions: transactions.clone(),
+            },
+        );
+        let size = serde_json::to_string(&response).map_or(0, |j| j.len());
+        if size <= MAX_RESPONSE_BYTES || transactions.len() <= 1 {
+            return response;
+        }
+        // Shrink in proportion, at least by one.
+        let keep = (transactions.len() * MAX_RESPONSE_BYTES / size).min(transactions.len() - 1);
+        transactions.truncate(keep.max(1));
     }
 }
 

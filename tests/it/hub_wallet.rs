@@ -527,3 +527,40 @@ async fn twenty_accounts_fifty_concurrent_random_payments() {
     assert!(audit.ok, "{audit:?}");
     assert_eq!(audit.total_issued_msat, 20 * 1_000_000);
 }
+
+/// A page of settled transactions, each with its invoice and attestation, can pass what one
+/// NIP-44 event carries (65,535 bytes): the hub returns the newest that fit and the client pages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_long_history_pages_instead_of_going_unanswered() {
+    let m = Market::start().await;
+    let payer = m.funded_wallet(1_000).await;
+    let payee = m.wallet().await;
+    for i in 0..90 {
+        let b = bolt11(&payee, 1_000 + i).await;
+        payer.pay_invoice(b, None).await.expect("pay");
+    }
+    let page = |offset: u64| {
+        payee.list_transactions(ListTransactionsParams {
+            limit: Some(1000),
+            offset: Some(offset),
+            ..Default::default()
+        })
+    };
+    let first = page(0).await.expect("answered, not timed out");
+    assert!(
+        !first.is_empty() && first.len() < 90,
+        "one page cannot hold 90 attested transactions: {}",
+        first.len()
+    );
+    let mut all = first.clone();
+    while all.len() < 90 {
+        let next = page(all.len() as u64).await.expect("page");
+        assert!(!next.is_empty(), "paging stalled at {}", all.len());
+        all.extend(next);
+    }
+    let hashes: HashSet<&str> = all.iter().map(|t| t.payment_hash.as_str()).collect();
+    assert_eq!(hashes.len(), 90, "every transaction once");
+    assert!(all
+        .iter()
+        .all(|t| t.attestation().is_some_and(|a| a.verify().is_ok())));
+}

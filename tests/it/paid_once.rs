@@ -155,3 +155,97 @@ async fn a_buyer_killed_mid_payment_finds_it_paid_and_never_pays_twice() {
     assert!(verified, "the receipt of the one payment verifies");
     watcher.shutdown().await;
 }
+
+/// The bug this guards against: a repo map with a 19 s hub outage re-dispatched files whose
+/// payment had timed out but executed later, and paid them twice; its report undercounted.
+#[test]
+fn a_hub_down_for_nineteen_seconds_mid_map_costs_no_double_payment() {
+    use std::io::BufRead;
+    let root = tempfile::tempdir().expect("tempdir");
+    let op = root.path().join("op");
+    init_home(&op);
+    let relay = RelayProcess::start(&op, &op.join("relay"));
+    let url = relay.url.clone();
+    let (hub, _) = start_hub_process(&op, &url);
+    let nodes: Vec<_> = (0..3)
+        .map(|i| {
+            let h = Home::new(root.path().join(format!("p{i}")));
+            (start_node_process(&h.path, &[&url], &[]), h)
+        })
+        .collect();
+    let buyer = Home::new(root.path().join("buyer"));
+    let run = |args: &[&str]| crate::common::pylon_at(&buyer.path, &url, args);
+    json(&run(&["wallet", "faucet", "1000", "--json"]));
+    let repo = root.path().join("repo");
+    pylon::fanout::sample::generate(&repo, 60).expect("sample");
+
+    let mut map = pylon(&buyer.path)
+        .args(["--relay", &url, "repomap"])
+        .arg(&repo)
+        .args(["--out"])
+        .arg(root.path().join("out"))
+        .args(["--budget", "200", "--min-providers", "3", "--json"])
+        .env("PYLON_PASSPHRASE", PASS)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn repomap");
+    // Follow the progress lines; kill the hub once some files are paid.
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let stderr_pipe = map.stderr.take().expect("stderr");
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr_pipe)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut log = Vec::new();
+    loop {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .unwrap_or_else(|_| panic!("no progress: {log:?}"));
+        log.push(line.clone());
+        let done: usize = line
+            .split(": ")
+            .nth(1)
+            .and_then(|rest| rest.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        if done >= 3 {
+            break;
+        }
+    }
+    assert!(hub.signal("KILL").code().is_none(), "killed by a signal");
+    std::thread::sleep(Duration::from_secs(19));
+    let (_hub, _) = start_hub_process(&op, &url);
+    let out = map.wait_with_output().expect("repomap ends");
+    eprintln!("repomap exit {:?}", out.status);
+    let report: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+    let report = &report["report"];
+    assert_eq!(report["mapped"], 60, "{report}");
+
+    // What the wallet says left it is exactly what the report says, one payment per file.
+    let history = json(&run(&["wallet", "history", "--limit", "1000", "--json"]));
+    let outgoing: Vec<&Value> = history
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter(|t| t["type"] == "outgoing")
+        .collect();
+    let paid: u64 = outgoing.iter().filter_map(|t| t["amount"].as_u64()).sum();
+    assert_eq!(outgoing.len(), 60, "each file paid once: {report}");
+    assert_eq!(report["spent_msats"].as_u64(), Some(paid), "{report}");
+    assert!(paid <= 200_000, "the budget held");
+    let audit = json(
+        &pylon(&op)
+            .args(["hub", "audit", "--json"])
+            .output()
+            .expect("audit"),
+    );
+    assert_eq!(audit["ok"], true, "{audit}");
+    drop(nodes);
+}
