@@ -673,19 +673,29 @@ impl Buyer {
             started_at: now_ms(),
             finished_at: None,
         };
+        let mut journaled = false;
         for _ in 0..2 {
             let since = now_ms().saturating_sub(24 * 3600 * 1000);
             let begun = self.store.payments().begin(&record, since, |spent| {
                 self.spending.authorize(amount.msats, spent, explicit)
             })?;
             match begun? {
-                Begin::Go => break,
+                Begin::Go => {
+                    journaled = true;
+                    break;
+                }
                 Begin::Exists(prior) => match self.resolve(&prior).await? {
                     Some(payment) => return Ok(payment),
                     // Known not to have happened: try once more with this invoice.
                     None => continue,
                 },
             }
+        }
+        if !journaled {
+            // Never pay what the journal has not recorded.
+            return Err(BuyerError::Other(format!(
+                "job {job_id} has a payment in the journal that would not settle; see `pylon wallet history`"
+            )));
         }
         self.update(
             &request.id,
