@@ -603,3 +603,55 @@ fn the_cli_refuses_unbounded_auto_pay_and_an_unfunded_repo_map() {
     });
     assert_eq!(requests.len(), 0, "no job was posted");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_job_the_wallet_cannot_pay_says_how_to_fund_it() {
+    let m = Market::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let keys = Keys::generate();
+    let empty: Arc<dyn Wallet> = Arc::new(m.wallet().await);
+    let b = Arc::new(
+        Buyer::start(
+            keys.clone(),
+            Arc::new(client(&m, &keys).await),
+            Some(empty),
+            Arc::new(Store::open(dir.path()).expect("store")),
+            SpendLimits::default(),
+        )
+        .await
+        .expect("buyer"),
+    );
+    let p = Actor::new(&m).await;
+    let follower = {
+        let b = b.clone();
+        tokio::spawn(async move {
+            b.run(
+                &open_job(Some(2_000)),
+                WaitOptions {
+                    timeout: Duration::from_secs(10),
+                    auto_pay: true,
+                    max_msats: None,
+                },
+            )
+            .await
+        })
+    };
+    let request = request_of(&p.relay, b.public_key()).await;
+    p.claim(&request).await;
+    let tx = p.invoice(&request.id, 1_000).await;
+    p.answer(&request, VALID, amount(&tx)).await;
+    let o = follower.await.expect("task").expect("run");
+    assert_eq!(o.failure, Some(FailureCode::PaymentFailed), "{o:?}");
+    let message = o.message.unwrap_or_default();
+    assert!(
+        message.contains("balance 0 sats < 1 sats asked")
+            && message.contains("pylon wallet faucet 1000"),
+        "{message}"
+    );
+    // A refusal is known not to have moved money: the job may be paid once funded.
+    let journaled = b.payment_of(&request.id).expect("journal");
+    assert!(
+        journaled.is_none(),
+        "a refused payment does not block the job: {journaled:?}"
+    );
+}
