@@ -25,9 +25,19 @@ pub enum WalletError {
     /// The wallet answered with a NIP-47 error.
     #[error("the wallet refused: {} ({})", .0.message, .0.code)]
     Refused(ErrorBody),
-    /// No answer in time.
-    #[error("the wallet did not answer within {0:?}: is the hub running (`pylon hub` or `pylon up`) and on the same relay?")]
+    /// No answer in time, and nothing was paid: a payment is reported this way only once the
+    /// wallet has said it is not paid *after* the request expired by the wallet's own clock, so
+    /// it cannot run later.
+    #[error("the wallet did not answer within {0:?}; nothing was paid (the request expired unexecuted): is the hub running (`pylon hub` or `pylon up`) and on the same relay?")]
     Timeout(Duration),
+    /// A payment went unanswered and the look-up of its payment hash went unanswered too: it may
+    /// or may not have settled. Paying the same invoice again is safe (a settled invoice refuses
+    /// a second payment), but paying a *new* invoice for the same thing is not — check first.
+    #[error("the payment's outcome is unknown (the wallet did not answer): check `pylon wallet history --hash {payment_hash}` before paying again")]
+    Unknown {
+        /// The payment hash of the invoice, to look it up later.
+        payment_hash: String,
+    },
     /// The relays could not be reached.
     #[error(transparent)]
     Relay(#[from] crate::relay::client::ClientError),

@@ -5,10 +5,18 @@
 //! send one for ephemeral kinds). It waits for the wallet's response instead and re-sends the
 //! same signed request while waiting: a relay may drop it, and the wallet answers a repeated
 //! request id once.
+//!
+//! A payment is paid once or not at all, and the caller knows which. Every request carries a
+//! NIP-40 `expiration` that has passed, by the wallet's clock, before the client stops waiting, so
+//! a wallet that was stopped or slow cannot run a payment the client already gave up on. When a
+//! payment goes unanswered, the client looks its payment hash up before it reports: settled is a
+//! success (with the preimage); "not paid", answered after the expiration by the wallet's clock, is
+//! a definite [`WalletError::Timeout`]; no answer to the look-up either is
+//! [`WalletError::Unknown`], never a failure.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::future::BoxFuture;
 use nostr_sdk::nips::nip47::NostrWalletConnectURI;
@@ -16,13 +24,15 @@ use nostr_sdk::{Event, EventId, Filter, Keys, PublicKey, RelayPoolNotification, 
 use serde::de::DeserializeOwned;
 use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 use super::{Wallet, WalletError};
 use crate::protocol::kinds;
 use crate::protocol::nip47::{
-    self, BalanceResult, Encryption, FaucetParams, GetInfoResult, ListTransactionsParams,
-    ListTransactionsResult, LookupInvoiceParams, MakeInvoiceParams, Notification, PayInvoiceParams,
-    PayResult, Request, Response, ResponseError, Transaction, TransactionState, WalletInfo,
+    self, BalanceResult, Encryption, ErrorCode, FaucetParams, GetInfoResult,
+    ListTransactionsParams, ListTransactionsResult, LookupInvoiceParams, MakeInvoiceParams,
+    Notification, PayInvoiceParams, PayResult, Request, Response, ResponseError, Transaction,
+    TransactionState, WalletInfo,
 };
 use crate::relay::{MarketClient, Reachability};
 
@@ -31,10 +41,14 @@ use crate::relay::{MarketClient, Reachability};
 pub struct NwcOptions {
     /// How long to wait for the relays.
     pub connect_timeout: Duration,
-    /// How long a request may take before [`WalletError::Timeout`].
+    /// How long a request may take before [`WalletError::Timeout`]. The request's NIP-40
+    /// expiration is set inside this wait (at least 3 s is useful: expirations are whole seconds).
     pub request_timeout: Duration,
     /// How often an unanswered request is sent again.
     pub resend_every: Duration,
+    /// After a payment went unanswered: how long the client keeps asking the wallet whether it
+    /// settled before it reports [`WalletError::Unknown`].
+    pub outcome_timeout: Duration,
 }
 
 impl Default for NwcOptions {
@@ -43,8 +57,63 @@ impl Default for NwcOptions {
             connect_timeout: crate::relay::client::ONE_SHOT_TIMEOUT,
             request_timeout: Duration::from_secs(20),
             resend_every: Duration::from_secs(2),
+            outcome_timeout: Duration::from_secs(5),
         }
     }
+}
+
+/// Seconds before the end of the client's wait at which a request expires. Timestamps are whole
+/// seconds and a wallet may read NIP-40 as "expired once now > expiration" (valid through the
+/// whole expiration second): two seconds leave one full second, after the last moment any wallet
+/// may still start the request, for it to commit and answer.
+const EXPIRY_MARGIN_SECS: u64 = 2;
+/// How far past the last second of validity the client keeps waiting for a late answer.
+const PAST_EXPIRY: Duration = Duration::from_millis(250);
+/// Expiration of a payment look-up. A look-up changes nothing, so it may outlive its wait: a slow
+/// wallet still answering it late is harmless and may resolve a payment's outcome.
+const LOOKUP_EXPIRY_SECS: u64 = 30;
+
+/// When a request expires, and when the client stops waiting for it.
+#[derive(Debug, Clone, Copy)]
+struct Deadline {
+    /// The request's NIP-40 expiration (the wallet refuses it from then on).
+    expires: Timestamp,
+    /// The end of the client's wait: the expiration second is over, plus [`PAST_EXPIRY`].
+    at: Instant,
+}
+
+impl Deadline {
+    /// A deadline that ends no later than `wait` from now (for waits of 3 s or more).
+    fn within(wait: Duration) -> Self {
+        let (now, instant) = (SystemTime::now(), Instant::now());
+        let secs = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+        // At least valid until the end of the next second.
+        let expires = secs + wait.as_secs().max(EXPIRY_MARGIN_SECS + 1) - EXPIRY_MARGIN_SECS;
+        let end = UNIX_EPOCH + Duration::from_secs(expires + 1) + PAST_EXPIRY;
+        Self {
+            expires: Timestamp::from(expires),
+            at: instant + end.duration_since(now).unwrap_or_default(),
+        }
+    }
+
+    /// Whether an answer the wallet signed at `wallet_time` proves, by the wallet's clock, that
+    /// the request can no longer run: a full second after the last second a wallet may accept it.
+    fn passed_at(&self, wallet_time: Timestamp) -> bool {
+        wallet_time.as_secs() > self.expires.as_secs() + 1
+    }
+}
+
+/// What a look-up of a payment's hash said.
+#[derive(Debug)]
+enum Lookup {
+    /// The answer to the payment request itself came meanwhile.
+    Answered(Event),
+    /// Settled: the answer the payment would have had.
+    Settled(PayResult),
+    /// Not paid (pending, expired, failed or unknown to the wallet), as of the wallet's clock.
+    NotPaid { at: Timestamp },
+    /// No usable answer.
+    NoAnswer,
 }
 
 /// A connection to one NWC wallet.
@@ -214,43 +283,21 @@ impl Inner {
     /// resend cannot recover a lost *response*. So: a payment that went unanswered is looked up
     /// (if it settled, its preimage is the answer; if not, the same request is sent again, which
     /// the wallet runs at most once); any other request is re-sent as a fresh event.
+    ///
+    /// The wait ends after the request's expiration; a payment still unanswered then is
+    /// [resolved](Self::resolve) by its payment hash rather than reported as failed.
     async fn round_trip(&self, request: &Request) -> Result<Response, WalletError> {
-        let timeout = self.options.request_timeout;
-        let deadline = tokio::time::Instant::now() + timeout;
+        let deadline = Deadline::within(self.options.request_timeout);
+        let hash = payment_hash_of(request);
         let (tx, mut rx) = mpsc::unbounded_channel();
         let mut sent: Vec<EventId> = Vec::new();
-        let event = self.sign(request, timeout)?;
-        self.send(&event, &tx, &mut sent).await;
-        let result = loop {
-            let wait = self
-                .options
-                .resend_every
-                .min(deadline.saturating_duration_since(tokio::time::Instant::now()));
-            match tokio::time::timeout(wait, rx.recv()).await {
-                Ok(Some(answer)) => break self.decode(&answer),
-                Ok(None) => break Err(WalletError::Protocol("listener stopped".into())),
-                Err(_) if tokio::time::Instant::now() >= deadline => {
-                    break Err(WalletError::Timeout(timeout))
-                }
-                Err(_) => {}
-            }
-            match payment_hash_of(request) {
-                Some(hash) => {
-                    if let Some(done) = self.settled(&hash, request.method()).await {
-                        break Ok(done);
-                    }
-                    tracing::debug!(id = %event.id, "payment unanswered and unsettled; sending again");
-                    self.send(&event, &tx, &mut sent).await;
-                }
-                None => {
-                    tracing::debug!(
-                        method = request.method(),
-                        "no wallet answer yet; asking again"
-                    );
-                    let fresh = self.sign(request, timeout)?;
-                    self.send(&fresh, &tx, &mut sent).await;
-                }
-            }
+        let result = self
+            .wait(request, hash.as_deref(), &deadline, &tx, &mut rx, &mut sent)
+            .await;
+        let result = match (result, hash) {
+            (Some(done), _) => done,
+            (None, Some(hash)) => self.resolve(request, hash, &deadline, &mut rx).await,
+            (None, None) => Err(WalletError::Timeout(self.options.request_timeout)),
         };
         let mut pending = self.lock_pending();
         for id in sent {
@@ -259,8 +306,124 @@ impl Inner {
         result
     }
 
-    fn sign(&self, request: &Request, timeout: Duration) -> Result<Event, WalletError> {
-        let expires = Timestamp::now() + timeout.as_secs().max(1) + 5;
+    /// Sends `request` and waits until `deadline` for an answer; `None` if none came in time.
+    async fn wait(
+        &self,
+        request: &Request,
+        hash: Option<&str>,
+        deadline: &Deadline,
+        tx: &mpsc::UnboundedSender<Event>,
+        rx: &mut mpsc::UnboundedReceiver<Event>,
+        sent: &mut Vec<EventId>,
+    ) -> Option<Result<Response, WalletError>> {
+        let event = match self.sign(request, deadline.expires) {
+            Ok(ev) => ev,
+            Err(e) => return Some(Err(e)),
+        };
+        self.send(&event, tx, sent).await;
+        loop {
+            let left = deadline.at.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            match tokio::time::timeout(self.options.resend_every.min(left), rx.recv()).await {
+                Ok(Some(answer)) => match self.decode(&answer) {
+                    Ok(response) => return Some(Ok(response)),
+                    // An unreadable answer says nothing about whether a payment ran.
+                    Err(e) if hash.is_some() => {
+                        tracing::warn!(id = %answer.id, "unreadable answer to a payment: {e}");
+                        continue;
+                    }
+                    Err(e) => return Some(Err(e)),
+                },
+                Ok(None) => return None,
+                Err(_) => {}
+            }
+            let left = deadline.at.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            match hash {
+                Some(hash) => {
+                    let wait = self.options.resend_every.min(left);
+                    match self.lookup_payment(hash, rx, wait).await {
+                        Lookup::Answered(answer) => {
+                            if let Ok(response) = self.decode(&answer) {
+                                return Some(Ok(response));
+                            }
+                        }
+                        Lookup::Settled(paid) => {
+                            return Some(Ok(Response::ok(request.method(), paid)))
+                        }
+                        // A wallet whose clock runs ahead already refuses the request.
+                        Lookup::NotPaid { at } if deadline.passed_at(at) => {
+                            return Some(Err(WalletError::Timeout(self.options.request_timeout)))
+                        }
+                        Lookup::NotPaid { .. } | Lookup::NoAnswer => {}
+                    }
+                    tracing::debug!(id = %event.id, "payment unanswered and unsettled; sending again");
+                    self.send(&event, tx, sent).await;
+                }
+                None => {
+                    tracing::debug!(
+                        method = request.method(),
+                        "no wallet answer yet; asking again"
+                    );
+                    match self.sign(request, deadline.expires) {
+                        Ok(fresh) => self.send(&fresh, tx, sent).await,
+                        Err(e) => return Some(Err(e)),
+                    }
+                }
+            }
+        }
+    }
+
+    /// The outcome of a payment whose request went unanswered until it expired: asks the wallet
+    /// about its payment hash for up to [`NwcOptions::outcome_timeout`]. Settled → the payment's
+    /// answer; not paid, said after the expiration by the wallet's clock → [`WalletError::Timeout`]
+    /// (the wallet refuses the expired request, so it never runs); no such answer →
+    /// [`WalletError::Unknown`].
+    async fn resolve(
+        &self,
+        request: &Request,
+        hash: String,
+        deadline: &Deadline,
+        rx: &mut mpsc::UnboundedReceiver<Event>,
+    ) -> Result<Response, WalletError> {
+        let until = Instant::now() + self.options.outcome_timeout;
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                tracing::warn!(payment_hash = %hash, "payment outcome unknown: the wallet did not answer");
+                return Err(WalletError::Unknown { payment_hash: hash });
+            }
+            match self
+                .lookup_payment(&hash, rx, self.options.resend_every.min(left))
+                .await
+            {
+                Lookup::Answered(answer) => match self.decode(&answer) {
+                    Ok(response) => return Ok(response),
+                    Err(e) => {
+                        tracing::warn!(id = %answer.id, "unreadable answer to a payment: {e}")
+                    }
+                },
+                Lookup::Settled(paid) => return Ok(Response::ok(request.method(), paid)),
+                Lookup::NotPaid { at } if deadline.passed_at(at) => {
+                    tracing::info!(payment_hash = %hash, "payment expired unexecuted");
+                    return Err(WalletError::Timeout(self.options.request_timeout));
+                }
+                Lookup::NotPaid { .. } => {
+                    // Not paid yet by a clock that has not yet passed the expiration: ask again
+                    // once it has.
+                    let pause = Duration::from_millis(250).min(left);
+                    tokio::time::sleep(pause).await;
+                }
+                Lookup::NoAnswer => {}
+            }
+        }
+    }
+
+    fn sign(&self, request: &Request, expires: Timestamp) -> Result<Event, WalletError> {
         nip47::request_event(
             &self.keys,
             &self.wallet,
@@ -294,29 +457,65 @@ impl Inner {
         Response::parse(&json).map_err(|e| WalletError::Protocol(e.to_string()))
     }
 
-    /// If the payment with `hash` settled, the answer a lost `pay_invoice` response would have
-    /// carried. One lookup attempt, bounded by the resend interval.
-    async fn settled(&self, hash: &str, method: &str) -> Option<Response> {
+    /// One look-up of the payment with `hash`, waiting up to `wait` for its answer — or for the
+    /// answer to the payment itself, on `payment`, whichever comes first.
+    async fn lookup_payment(
+        &self,
+        hash: &str,
+        payment: &mut mpsc::UnboundedReceiver<Event>,
+        wait: Duration,
+    ) -> Lookup {
         let lookup = Request::LookupInvoice(LookupInvoiceParams {
             payment_hash: Some(hash.to_string()),
             invoice: None,
         });
-        let event = self.sign(&lookup, self.options.resend_every).ok()?;
+        let Ok(event) = self.sign(&lookup, Timestamp::now() + LOOKUP_EXPIRY_SECS) else {
+            return Lookup::NoAnswer;
+        };
         let (tx, mut rx) = mpsc::unbounded_channel();
         let mut sent = Vec::new();
         self.send(&event, &tx, &mut sent).await;
-        let answer = tokio::time::timeout(self.options.resend_every, rx.recv()).await;
+        let outcome = tokio::select! {
+            Some(answer) = rx.recv() => self.classify(hash, &answer),
+            Some(answer) = payment.recv() => Lookup::Answered(answer),
+            _ = tokio::time::sleep(wait) => Lookup::NoAnswer,
+        };
         self.lock_pending().remove(&event.id);
-        let tx: Transaction = self.decode(&answer.ok()??).ok()?.into_result().ok()?;
-        let settled = tx.state == Some(TransactionState::Settled) || tx.settled_at.is_some();
-        let preimage = tx.preimage.filter(|_| settled)?;
-        Some(Response::ok(
-            method,
-            PayResult {
-                preimage,
-                fees_paid: Some(tx.fees_paid),
-            },
-        ))
+        outcome
+    }
+
+    /// Reads a look-up answer for the payment with `hash`.
+    fn classify(&self, hash: &str, answer: &Event) -> Lookup {
+        let Ok(response) = self.decode(answer) else {
+            return Lookup::NoAnswer;
+        };
+        let not_paid = Lookup::NotPaid {
+            at: answer.created_at,
+        };
+        match response.into_result::<Transaction>() {
+            Ok(tx) => {
+                let settled =
+                    tx.state == Some(TransactionState::Settled) || tx.settled_at.is_some();
+                if !settled {
+                    return not_paid;
+                }
+                match tx.preimage {
+                    Some(preimage) if crate::bolt11::preimage_matches(&preimage, hash) => {
+                        Lookup::Settled(PayResult {
+                            preimage,
+                            fees_paid: Some(tx.fees_paid),
+                        })
+                    }
+                    // Settled, but without proof: not something to report as either outcome.
+                    _ => {
+                        tracing::warn!(payment_hash = %hash, "the wallet says settled but gives no matching preimage");
+                        Lookup::NoAnswer
+                    }
+                }
+            }
+            Err(ResponseError::Wallet(body)) if body.code == ErrorCode::NotFound => not_paid,
+            Err(_) => Lookup::NoAnswer,
+        }
     }
 
     fn lock_pending(
@@ -441,4 +640,48 @@ fn payment_hash_of(request: &Request) -> Option<String> {
         _ => return None,
     };
     crate::bolt11::decode(invoice).ok().map(|d| d.payment_hash)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unix_now() -> Duration {
+        SystemTime::now().duration_since(UNIX_EPOCH).expect("clock")
+    }
+
+    /// The wait ends only once the expiration second is over, yet within the configured timeout.
+    #[test]
+    fn a_request_expires_inside_the_clients_wait() {
+        for secs in [3u64, 5, 20, 60] {
+            let timeout = Duration::from_secs(secs);
+            let before = unix_now();
+            let d = Deadline::within(timeout);
+            let wait = d.at.saturating_duration_since(Instant::now());
+            let end = unix_now() + wait;
+            assert!(
+                end >= Duration::from_secs(d.expires.as_secs() + 1),
+                "waits past the expiration second ({secs} s)"
+            );
+            assert!(
+                end <= before + timeout + Duration::from_millis(50),
+                "never longer than the timeout ({secs} s): ends {end:?}, began {before:?}"
+            );
+            assert!(d.expires.as_secs() > before.as_secs(), "valid when sent");
+        }
+        // A wait too short for the margin still sends a request that is valid when sent.
+        let short = Deadline::within(Duration::from_millis(500));
+        assert!(short.expires.as_secs() > unix_now().as_secs());
+    }
+
+    /// Only an answer signed a full second after the last second any wallet may accept the
+    /// request proves it can no longer run.
+    #[test]
+    fn the_wallets_clock_decides_when_a_payment_can_no_longer_run() {
+        let d = Deadline::within(Duration::from_secs(10));
+        let e = d.expires.as_secs();
+        assert!(!d.passed_at(Timestamp::from(e)));
+        assert!(!d.passed_at(Timestamp::from(e + 1)));
+        assert!(d.passed_at(Timestamp::from(e + 2)));
+    }
 }
