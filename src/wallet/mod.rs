@@ -25,11 +25,19 @@ pub enum WalletError {
     /// The wallet answered with a NIP-47 error.
     #[error("the wallet refused: {} ({})", .0.message, .0.code)]
     Refused(ErrorBody),
-    /// No answer in time, and nothing was paid: a payment is reported this way only once the
-    /// wallet has said it is not paid *after* the request expired by the wallet's own clock, so
-    /// it cannot run later.
-    #[error("the wallet did not answer within {0:?}; nothing was paid (the request expired unexecuted): is the hub running (`pylon hub` or `pylon up`) and on the same relay?")]
+    /// No answer in time.
+    #[error("the wallet did not answer within {0:?}: is the hub running (`pylon hub` or `pylon up`) and on the same relay?")]
     Timeout(Duration),
+    /// A payment went unanswered, and the wallet said it is not paid *after* its request expired
+    /// by the wallet's own clock: a definite failure, the request can never run. Paying again is
+    /// safe.
+    #[error("the payment was NOT paid: the wallet did not answer within {waited:?} and the request expired unexecuted (payment hash {payment_hash}); is the hub running (`pylon hub` or `pylon up`) and on the same relay?")]
+    NotPaid {
+        /// The payment hash of the invoice.
+        payment_hash: String,
+        /// How long the client waited.
+        waited: Duration,
+    },
     /// A payment went unanswered and the look-up of its payment hash went unanswered too: it may
     /// or may not have settled. Paying the same invoice again is safe (a settled invoice refuses
     /// a second payment), but paying a *new* invoice for the same thing is not — check first.
@@ -50,6 +58,12 @@ pub enum WalletError {
 }
 
 impl WalletError {
+    /// Whether the money may have moved although the call failed: only
+    /// [`WalletError::Unknown`]. Every other error means the payment did not happen.
+    pub fn outcome_unknown(&self) -> bool {
+        matches!(self, Self::Unknown { .. })
+    }
+
     /// The NIP-47 code, when the wallet refused.
     pub fn code(&self) -> Option<&ErrorCode> {
         match self {

@@ -11,7 +11,7 @@
 //! a wallet that was stopped or slow cannot run a payment the client already gave up on. When a
 //! payment goes unanswered, the client looks its payment hash up before it reports: settled is a
 //! success (with the preimage); "not paid", answered after the expiration by the wallet's clock, is
-//! a definite [`WalletError::Timeout`]; no answer to the look-up either is
+//! a definite [`WalletError::NotPaid`]; no answer to the look-up either is
 //! [`WalletError::Unknown`], never a failure.
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -100,6 +100,31 @@ impl Deadline {
     /// the request can no longer run: a full second after the last second a wallet may accept it.
     fn passed_at(&self, wallet_time: Timestamp) -> bool {
         wallet_time.as_secs() > self.expires.as_secs() + 1
+    }
+}
+
+/// The answers one call waits for: to its request (and re-sends), and to look-ups of its
+/// payment. Every event id sent stays routed here until the call ends, so a late answer — to the
+/// request or to an earlier look-up — still counts.
+struct Call {
+    answers_tx: mpsc::UnboundedSender<Event>,
+    answers: mpsc::UnboundedReceiver<Event>,
+    lookups_tx: mpsc::UnboundedSender<Event>,
+    lookups: mpsc::UnboundedReceiver<Event>,
+    sent: Vec<EventId>,
+}
+
+impl Call {
+    fn new() -> Self {
+        let (answers_tx, answers) = mpsc::unbounded_channel();
+        let (lookups_tx, lookups) = mpsc::unbounded_channel();
+        Self {
+            answers_tx,
+            answers,
+            lookups_tx,
+            lookups,
+            sent: Vec::new(),
+        }
     }
 }
 
@@ -289,18 +314,17 @@ impl Inner {
     async fn round_trip(&self, request: &Request) -> Result<Response, WalletError> {
         let deadline = Deadline::within(self.options.request_timeout);
         let hash = payment_hash_of(request);
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let mut sent: Vec<EventId> = Vec::new();
+        let mut call = Call::new();
         let result = self
-            .wait(request, hash.as_deref(), &deadline, &tx, &mut rx, &mut sent)
+            .wait(request, hash.as_deref(), &deadline, &mut call)
             .await;
         let result = match (result, hash) {
             (Some(done), _) => done,
-            (None, Some(hash)) => self.resolve(request, hash, &deadline, &mut rx).await,
+            (None, Some(hash)) => self.resolve(request, hash, &deadline, &mut call).await,
             (None, None) => Err(WalletError::Timeout(self.options.request_timeout)),
         };
         let mut pending = self.lock_pending();
-        for id in sent {
+        for id in call.sent {
             pending.remove(&id);
         }
         result
@@ -312,21 +336,20 @@ impl Inner {
         request: &Request,
         hash: Option<&str>,
         deadline: &Deadline,
-        tx: &mpsc::UnboundedSender<Event>,
-        rx: &mut mpsc::UnboundedReceiver<Event>,
-        sent: &mut Vec<EventId>,
+        call: &mut Call,
     ) -> Option<Result<Response, WalletError>> {
         let event = match self.sign(request, deadline.expires) {
             Ok(ev) => ev,
             Err(e) => return Some(Err(e)),
         };
-        self.send(&event, tx, sent).await;
+        self.send(&event, &call.answers_tx, &mut call.sent).await;
         loop {
             let left = deadline.at.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return None;
             }
-            match tokio::time::timeout(self.options.resend_every.min(left), rx.recv()).await {
+            let answer = call.answers.recv();
+            match tokio::time::timeout(self.options.resend_every.min(left), answer).await {
                 Ok(Some(answer)) => match self.decode(&answer) {
                     Ok(response) => return Some(Ok(response)),
                     // An unreadable answer says nothing about whether a payment ran.
@@ -346,7 +369,7 @@ impl Inner {
             match hash {
                 Some(hash) => {
                     let wait = self.options.resend_every.min(left);
-                    match self.lookup_payment(hash, rx, wait).await {
+                    match self.lookup_payment(hash, call, wait).await {
                         Lookup::Answered(answer) => {
                             if let Ok(response) = self.decode(&answer) {
                                 return Some(Ok(response));
@@ -357,12 +380,12 @@ impl Inner {
                         }
                         // A wallet whose clock runs ahead already refuses the request.
                         Lookup::NotPaid { at } if deadline.passed_at(at) => {
-                            return Some(Err(WalletError::Timeout(self.options.request_timeout)))
+                            return Some(Err(self.not_paid(hash)))
                         }
                         Lookup::NotPaid { .. } | Lookup::NoAnswer => {}
                     }
                     tracing::debug!(id = %event.id, "payment unanswered and unsettled; sending again");
-                    self.send(&event, tx, sent).await;
+                    self.send(&event, &call.answers_tx, &mut call.sent).await;
                 }
                 None => {
                     tracing::debug!(
@@ -370,7 +393,7 @@ impl Inner {
                         "no wallet answer yet; asking again"
                     );
                     match self.sign(request, deadline.expires) {
-                        Ok(fresh) => self.send(&fresh, tx, sent).await,
+                        Ok(fresh) => self.send(&fresh, &call.answers_tx, &mut call.sent).await,
                         Err(e) => return Some(Err(e)),
                     }
                 }
@@ -380,7 +403,7 @@ impl Inner {
 
     /// The outcome of a payment whose request went unanswered until it expired: asks the wallet
     /// about its payment hash for up to [`NwcOptions::outcome_timeout`]. Settled → the payment's
-    /// answer; not paid, said after the expiration by the wallet's clock → [`WalletError::Timeout`]
+    /// answer; not paid, said after the expiration by the wallet's clock → [`WalletError::NotPaid`]
     /// (the wallet refuses the expired request, so it never runs); no such answer →
     /// [`WalletError::Unknown`].
     async fn resolve(
@@ -388,19 +411,21 @@ impl Inner {
         request: &Request,
         hash: String,
         deadline: &Deadline,
-        rx: &mut mpsc::UnboundedReceiver<Event>,
+        call: &mut Call,
     ) -> Result<Response, WalletError> {
         let until = Instant::now() + self.options.outcome_timeout;
+        // A look-up sent while the wallet is down is lost (requests are ephemeral), and every
+        // look-up's answer counts whenever it comes: ask often, so a wallet back late in the
+        // window is still heard.
+        let cadence = (self.options.resend_every / 2)
+            .clamp(Duration::from_millis(100), Duration::from_secs(1));
         loop {
             let left = until.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 tracing::warn!(payment_hash = %hash, "payment outcome unknown: the wallet did not answer");
                 return Err(WalletError::Unknown { payment_hash: hash });
             }
-            match self
-                .lookup_payment(&hash, rx, self.options.resend_every.min(left))
-                .await
-            {
+            match self.lookup_payment(&hash, call, cadence.min(left)).await {
                 Lookup::Answered(answer) => match self.decode(&answer) {
                     Ok(response) => return Ok(response),
                     Err(e) => {
@@ -410,7 +435,7 @@ impl Inner {
                 Lookup::Settled(paid) => return Ok(Response::ok(request.method(), paid)),
                 Lookup::NotPaid { at } if deadline.passed_at(at) => {
                     tracing::info!(payment_hash = %hash, "payment expired unexecuted");
-                    return Err(WalletError::Timeout(self.options.request_timeout));
+                    return Err(self.not_paid(&hash));
                 }
                 Lookup::NotPaid { .. } => {
                     // Not paid yet by a clock that has not yet passed the expiration: ask again
@@ -420,6 +445,13 @@ impl Inner {
                 }
                 Lookup::NoAnswer => {}
             }
+        }
+    }
+
+    fn not_paid(&self, hash: &str) -> WalletError {
+        WalletError::NotPaid {
+            payment_hash: hash.to_string(),
+            waited: self.options.request_timeout,
         }
     }
 
@@ -457,14 +489,24 @@ impl Inner {
         Response::parse(&json).map_err(|e| WalletError::Protocol(e.to_string()))
     }
 
-    /// One look-up of the payment with `hash`, waiting up to `wait` for its answer — or for the
-    /// answer to the payment itself, on `payment`, whichever comes first.
-    async fn lookup_payment(
-        &self,
-        hash: &str,
-        payment: &mut mpsc::UnboundedReceiver<Event>,
-        wait: Duration,
-    ) -> Lookup {
+    /// One look-up of the payment with `hash`, waiting up to `wait` for an answer to it or to an
+    /// earlier look-up of this call, or for the answer to the payment itself, whichever comes
+    /// first. A wallet that is catching up after a restart answers slower than `wait`: those
+    /// late answers still count.
+    async fn lookup_payment(&self, hash: &str, call: &mut Call, wait: Duration) -> Lookup {
+        // Answers that came in meanwhile first: the newest clock reading of "not paid" is the one
+        // that matters, a settlement ends it.
+        let mut latest: Option<Timestamp> = None;
+        while let Ok(answer) = call.lookups.try_recv() {
+            match self.classify(hash, &answer) {
+                settled @ Lookup::Settled(_) => return settled,
+                Lookup::NotPaid { at } => latest = latest.max(Some(at)),
+                _ => {}
+            }
+        }
+        if let Some(at) = latest {
+            return Lookup::NotPaid { at };
+        }
         let lookup = Request::LookupInvoice(LookupInvoiceParams {
             payment_hash: Some(hash.to_string()),
             invoice: None,
@@ -472,16 +514,12 @@ impl Inner {
         let Ok(event) = self.sign(&lookup, Timestamp::now() + LOOKUP_EXPIRY_SECS) else {
             return Lookup::NoAnswer;
         };
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let mut sent = Vec::new();
-        self.send(&event, &tx, &mut sent).await;
-        let outcome = tokio::select! {
-            Some(answer) = rx.recv() => self.classify(hash, &answer),
-            Some(answer) = payment.recv() => Lookup::Answered(answer),
+        self.send(&event, &call.lookups_tx, &mut call.sent).await;
+        tokio::select! {
+            Some(answer) = call.lookups.recv() => self.classify(hash, &answer),
+            Some(answer) = call.answers.recv() => Lookup::Answered(answer),
             _ = tokio::time::sleep(wait) => Lookup::NoAnswer,
-        };
-        self.lock_pending().remove(&event.id);
-        outcome
+        }
     }
 
     /// Reads a look-up answer for the payment with `hash`.
