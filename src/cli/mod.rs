@@ -173,8 +173,26 @@ pub fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            exit_code_of(&e)
         }
+    }
+}
+
+/// Exit status when a payment's outcome is unknown (the money may have moved): distinct from 1
+/// (failed, nothing moved) so that a script never pays twice, and from clap's 2 (bad arguments).
+pub const EXIT_OUTCOME_UNKNOWN: u8 = 3;
+
+/// The exit status for a command that failed with `error`.
+fn exit_code_of(error: &anyhow::Error) -> ExitCode {
+    let unknown = error.chain().any(|cause| {
+        cause
+            .downcast_ref::<crate::wallet::WalletError>()
+            .is_some_and(crate::wallet::WalletError::outcome_unknown)
+    });
+    if unknown {
+        ExitCode::from(EXIT_OUTCOME_UNKNOWN)
+    } else {
+        ExitCode::FAILURE
     }
 }
 
@@ -226,5 +244,26 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent() {
         super::Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn an_unknown_payment_outcome_has_its_own_exit_code() {
+        use crate::wallet::WalletError;
+        let unknown = anyhow::Error::from(WalletError::Unknown {
+            payment_hash: "ab".repeat(32),
+        })
+        .context("paying");
+        assert_eq!(
+            super::exit_code_of(&unknown),
+            std::process::ExitCode::from(super::EXIT_OUTCOME_UNKNOWN)
+        );
+        let not_paid = anyhow::Error::from(WalletError::NotPaid {
+            payment_hash: "ab".repeat(32),
+            waited: std::time::Duration::from_secs(20),
+        });
+        assert_eq!(
+            super::exit_code_of(&not_paid),
+            std::process::ExitCode::FAILURE
+        );
     }
 }
