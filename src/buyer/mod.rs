@@ -918,13 +918,15 @@ fn classify(e: WalletError, job_id: &str, hash: &str) -> (PaymentState, BuyerErr
     match e {
         // The wallet answered no, or never took the request (it expired unexecuted, or none
         // is configured).
-        e @ (WalletError::Refused(_) | WalletError::Timeout(_) | WalletError::NotConfigured(_)) => {
-            (PaymentState::Failed, BuyerError::Wallet(e))
-        }
-        // Sent, perhaps executed, no word: never retried blindly.
-        WalletError::Unknown { .. } | WalletError::Relay(_) | WalletError::Protocol(_) => {
-            (PaymentState::Unknown, unknown())
-        }
+        e @ (WalletError::Refused(_)
+        | WalletError::NotPaid { .. }
+        | WalletError::NotConfigured(_)) => (PaymentState::Failed, BuyerError::Wallet(e)),
+        // Sent, perhaps executed, no word: never retried blindly. (A payment's silence is
+        // `Unknown`; the other variants are treated alike, to be safe.)
+        WalletError::Unknown { .. }
+        | WalletError::Timeout(_)
+        | WalletError::Relay(_)
+        | WalletError::Protocol(_) => (PaymentState::Unknown, unknown()),
     }
 }
 

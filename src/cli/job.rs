@@ -257,7 +257,7 @@ async fn submit(ctx: &Context, args: SubmitArgs) -> anyhow::Result<ExitCode> {
     Ok(match outcome.status {
         JobState::Done | JobState::Result => ExitCode::SUCCESS,
         _ if outcome.failure == Some(crate::protocol::failure::FailureCode::PaymentUnknown) => {
-            ExitCode::from(super::EXIT_PAYMENT_UNKNOWN)
+            ExitCode::from(super::EXIT_OUTCOME_UNKNOWN)
         }
         _ => ExitCode::FAILURE,
     })
@@ -485,7 +485,7 @@ pub(crate) async fn pay(ctx: &Context, args: PayArgs) -> anyhow::Result<ExitCode
         Ok(p) => p,
         Err(e @ crate::buyer::BuyerError::PaymentUnknown { .. }) => {
             eprintln!("error: {e}");
-            return Ok(ExitCode::from(super::EXIT_PAYMENT_UNKNOWN));
+            return Ok(ExitCode::from(super::EXIT_OUTCOME_UNKNOWN));
         }
         Err(e) => return Err(e.into()),
     };

@@ -191,30 +191,31 @@ pub fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
-            if payment_in_doubt(&e) {
-                ExitCode::from(EXIT_PAYMENT_UNKNOWN)
-            } else {
-                ExitCode::FAILURE
-            }
+            exit_code_of(&e)
         }
     }
 }
 
-/// Exit code of a command that sent a payment whose outcome nobody could tell: distinct from a
-/// failure, because the money may have moved (see `pylon wallet history`).
-pub(crate) const EXIT_PAYMENT_UNKNOWN: u8 = 3;
+/// Exit status when a payment's outcome is unknown (the money may have moved): distinct from 1
+/// (failed, nothing moved) so that a script never pays twice, and from clap's 2 (bad arguments).
+pub const EXIT_OUTCOME_UNKNOWN: u8 = 3;
 
-/// Whether `e` says a payment may or may not have happened.
-fn payment_in_doubt(e: &anyhow::Error) -> bool {
-    e.chain().any(|cause| {
-        matches!(
-            cause.downcast_ref::<crate::buyer::BuyerError>(),
-            Some(crate::buyer::BuyerError::PaymentUnknown { .. })
-        ) || matches!(
-            cause.downcast_ref::<crate::wallet::WalletError>(),
-            Some(crate::wallet::WalletError::Unknown { .. })
-        )
-    })
+/// The exit status for a command that failed with `error`.
+fn exit_code_of(error: &anyhow::Error) -> ExitCode {
+    let unknown = error.chain().any(|cause| {
+        cause
+            .downcast_ref::<crate::wallet::WalletError>()
+            .is_some_and(crate::wallet::WalletError::outcome_unknown)
+            || matches!(
+                cause.downcast_ref::<crate::buyer::BuyerError>(),
+                Some(crate::buyer::BuyerError::PaymentUnknown { .. })
+            )
+    });
+    if unknown {
+        ExitCode::from(EXIT_OUTCOME_UNKNOWN)
+    } else {
+        ExitCode::FAILURE
+    }
 }
 
 async fn run(command: Command, ctx: Context) -> anyhow::Result<ExitCode> {
@@ -265,5 +266,26 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent() {
         super::Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn an_unknown_payment_outcome_has_its_own_exit_code() {
+        use crate::wallet::WalletError;
+        let unknown = anyhow::Error::from(WalletError::Unknown {
+            payment_hash: "ab".repeat(32),
+        })
+        .context("paying");
+        assert_eq!(
+            super::exit_code_of(&unknown),
+            std::process::ExitCode::from(super::EXIT_OUTCOME_UNKNOWN)
+        );
+        let not_paid = anyhow::Error::from(WalletError::NotPaid {
+            payment_hash: "ab".repeat(32),
+            waited: std::time::Duration::from_secs(20),
+        });
+        assert_eq!(
+            super::exit_code_of(&not_paid),
+            std::process::ExitCode::FAILURE
+        );
     }
 }

@@ -154,3 +154,153 @@ async fn run(service: Arc<Service>, client: Arc<MarketClient>, mut stopped: ones
         let _ = w.await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use nostr_sdk::nips::nip47::NostrWalletConnectURI;
+    use nostr_sdk::{Keys, Timestamp};
+
+    use super::*;
+    use crate::protocol::nip47::{self, Encryption, MakeInvoiceParams, PayInvoiceParams, Request};
+    use crate::relay::{EmbeddedRelay, Reachability, RelaySettings};
+    use crate::wallet::nwc::{NwcOptions, NwcWallet};
+    use crate::wallet::Wallet;
+
+    /// A payment that reaches the hub while every worker is busy waits in the worker channel; if
+    /// it expires there, the worker that finally takes it must drop it, not execute it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_request_that_expires_in_the_queue_is_not_executed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let settings = RelaySettings {
+            bind: "127.0.0.1:0".parse().expect("addr"),
+            ..Default::default()
+        };
+        let relay = EmbeddedRelay::start(&settings, &dir.path().join("relay"))
+            .await
+            .expect("relay");
+        let hub_keys = Keys::generate();
+        let node = bitcoin::secp256k1::SecretKey::from_slice(&[9u8; 32]).expect("node key");
+        let service = Service::new(
+            hub_keys.clone(),
+            node,
+            Ledger::in_memory().expect("ledger"),
+            HubSettings::default(),
+        );
+        let relays = [relay.url()];
+        let connect = |keys: Keys| {
+            MarketClient::connect(keys, &relays, Duration::from_secs(5), Reachability::OneShot)
+        };
+        let hub = start(
+            service,
+            Arc::new(connect(hub_keys.clone()).await.expect("hub")),
+        )
+        .await
+        .expect("hub starts");
+        let uri = |k: &Keys| {
+            NostrWalletConnectURI::new(
+                hub_keys.public_key(),
+                vec![relay.url()],
+                k.secret_key().clone(),
+                None,
+            )
+        };
+        let (alice_keys, bob_keys) = (Keys::generate(), Keys::generate());
+        // Alice's raw requests and her wallet share one connection, so the relay delivers them
+        // to the hub in the order sent.
+        let alice_conn = Arc::new(connect(alice_keys.clone()).await.expect("alice"));
+        let alice =
+            NwcWallet::connect_on(alice_conn.clone(), &uri(&alice_keys), NwcOptions::default())
+                .await
+                .expect("alice wallet");
+        let bob = NwcWallet::connect(&uri(&bob_keys), NwcOptions::default())
+            .await
+            .expect("bob wallet");
+        alice.top_up(100_000, "test").await.expect("funded");
+        let inv = bob
+            .make_invoice(MakeInvoiceParams {
+                amount: 1_000,
+                description: None,
+                description_hash: None,
+                expiry: None,
+            })
+            .await
+            .expect("invoice");
+
+        // Hold the ledger: every worker blocks on its first request, the rest queue.
+        let ledger = hub.service().ledger();
+        let (held_tx, held) = std::sync::mpsc::channel();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let holder = std::thread::spawn(move || {
+            let _guard = ledger.lock().unwrap_or_else(|p| p.into_inner());
+            let _ = held_tx.send(());
+            let _ = released.recv();
+        });
+        held.recv().expect("ledger held");
+        let hub_pk = hub_keys.public_key();
+        for _ in 0..WORKERS + 4 {
+            let busy = nip47::request_event(
+                &alice_keys,
+                &hub_pk,
+                Encryption::Nip44V2,
+                &Request::GetBalance,
+                None,
+            )
+            .expect("event");
+            alice_conn.publish(&busy).await.expect("sent");
+        }
+        let expires = Timestamp::now() + 2;
+        let payment = Request::PayInvoice(PayInvoiceParams {
+            invoice: inv.invoice.clone().expect("bolt11"),
+            amount: None,
+        });
+        let queued = nip47::request_event(
+            &alice_keys,
+            &hub_pk,
+            Encryption::Nip44V2,
+            &payment,
+            Some(expires),
+        )
+        .expect("event");
+        alice_conn.publish(&queued).await.expect("sent");
+        // The hub's clock is this clock: wait for it to reach the expiration, then let go.
+        while Timestamp::now() < expires {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        release.send(()).expect("release");
+        holder.join().expect("holder");
+
+        // Sent after the payment on the same connection, so answered after it was taken from the
+        // queue; stopping the hub then waits for every request in hand.
+        assert_eq!(alice.balance_msat().await.expect("balance"), 100_000);
+        let service = hub.service().clone();
+        hub.stop().await;
+        {
+            let ledger = service.ledger();
+            let books = ledger.lock().unwrap_or_else(|p| p.into_inner());
+            let seen = books
+                .lookup(&bob_keys.public_key().to_hex(), &inv.payment_hash)
+                .expect("lookup")
+                .expect("bob's invoice");
+            assert_eq!(
+                seen.state,
+                Some(nip47::TransactionState::Pending),
+                "the expired payment was not executed"
+            );
+            assert_eq!(
+                books
+                    .balance(&alice_keys.public_key().to_hex())
+                    .expect("balance"),
+                100_000
+            );
+            assert_eq!(
+                books
+                    .balance(&bob_keys.public_key().to_hex())
+                    .expect("balance"),
+                0
+            );
+            assert!(books.audit().expect("audit").ok);
+        }
+        alice.shutdown().await;
+        bob.shutdown().await;
+    }
+}

@@ -155,8 +155,8 @@ impl Service {
         {
             return Outcome::default();
         }
-        if nip47::expiration(event).is_some_and(|at| at < Timestamp::now()) {
-            tracing::debug!(id = %event.id, "dropping expired request");
+        if expired(event) {
+            tracing::info!(id = %event.id, "dropping expired request");
             return Outcome::default();
         }
         {
@@ -240,8 +240,19 @@ impl Service {
             );
             return self.respond(event, encryption, Response::err(method, error), None);
         }
-        let (response, settlement) = match self.execute(event.id, &client, request) {
-            Ok(r) => r,
+        // Again right before executing: the request may have waited in the worker queue, or
+        // behind other requests here, past its expiration, and its client has given up on it.
+        if expired(event) {
+            tracing::info!(id = %event.id, method, "dropping request that expired while queued");
+            return Outcome::default();
+        }
+        let expires = nip47::expiration(event);
+        let (response, settlement) = match self.execute(event.id, &client, request, expires) {
+            Ok(Some(r)) => r,
+            Ok(None) => {
+                tracing::info!(id = %event.id, method, "dropping request that expired waiting for the ledger");
+                return Outcome::default();
+            }
             Err(e) => {
                 tracing::error!("{e}");
                 (
@@ -261,11 +272,17 @@ impl Service {
         request_id: EventId,
         client: &PublicKey,
         request: Request,
-    ) -> Result<(Response, Option<Settlement>), LedgerError> {
+        expires: Option<Timestamp>,
+    ) -> Result<Option<(Response, Option<Settlement>)>, LedgerError> {
         let me = client.to_hex();
-        let now = Timestamp::now().as_secs();
         let method = request.method();
         let mut ledger = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
+        // Checked again under the ledger lock: a request may wait here past its expiration, and
+        // a client that waited that long has already been told the payment did not happen.
+        if expires.is_some_and(|at| at <= Timestamp::now()) {
+            return Ok(None);
+        }
+        let now = Timestamp::now().as_secs();
         let once =
             |ledger: &mut Ledger,
              op: &dyn Fn(&rusqlite::Connection) -> Result<Settlement, ErrorBody>| {
@@ -279,7 +296,7 @@ impl Service {
                     )
                 })
             };
-        Ok(match request {
+        Ok(Some(match request {
             Request::GetInfo => (
                 Response::ok(
                     method,
@@ -374,7 +391,7 @@ impl Service {
                 };
                 split(once(&mut ledger, &op)?)
             }
-        })
+        }))
     }
 
     fn respond(
@@ -479,6 +496,14 @@ fn fitted_list(method: &str, mut transactions: Vec<nip47::Transaction>) -> Respo
     }
 }
 
+/// Whether `event`'s NIP-40 expiration has come, by this hub's clock. Stricter than "after the
+/// expiration second" on purpose: a request is refused from its expiration second on, so a
+/// client that waits until that second is over knows it can no longer run (see
+/// `wallet::nwc`), even allowing for whole-second timestamps.
+fn expired(event: &Event) -> bool {
+    nip47::expiration(event).is_some_and(|at| at <= Timestamp::now())
+}
+
 fn pending_transaction(new: &invoice::NewInvoice) -> nip47::Transaction {
     nip47::Transaction {
         kind: nip47::TransactionType::Incoming,
@@ -508,5 +533,139 @@ fn split(once: Once<Settlement>) -> (Response, Option<Settlement>) {
     match once {
         Once::Fresh(r, s) => (r, s),
         Once::Replayed(r) => (r, None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bitcoin::secp256k1::SecretKey;
+
+    use super::*;
+    use crate::protocol::nip47::{
+        FaucetParams, MakeInvoiceParams, PayInvoiceParams, Transaction, TransactionState,
+    };
+
+    fn service() -> Service {
+        let node = SecretKey::from_slice(&[7u8; 32]).expect("node key");
+        let ledger = Ledger::in_memory().expect("ledger");
+        Service::new(Keys::generate(), node, ledger, HubSettings::default())
+    }
+
+    fn request(svc: &Service, client: &Keys, req: &Request, expires: Option<Timestamp>) -> Event {
+        nip47::request_event(client, &svc.public_key(), Encryption::Nip44V2, req, expires)
+            .expect("request event")
+    }
+
+    /// The decrypted response to `event`, if the hub answered at all.
+    fn answer(svc: &Service, client: &Keys, event: &Event) -> Option<Response> {
+        let out = svc.handle(event);
+        let first = out.publish.first()?;
+        let json = Encryption::Nip44V2
+            .decrypt(client, &svc.public_key(), &first.content)
+            .expect("decrypt");
+        Some(Response::parse(&json).expect("response"))
+    }
+
+    fn invoice(svc: &Service, payee: &Keys, msat: u64) -> Transaction {
+        let req = Request::MakeInvoice(MakeInvoiceParams {
+            amount: msat,
+            description: Some("t".into()),
+            description_hash: None,
+            expiry: None,
+        });
+        answer(svc, payee, &request(svc, payee, &req, None))
+            .expect("answered")
+            .into_result()
+            .expect("invoice")
+    }
+
+    fn pay(bolt11: &str) -> Request {
+        Request::PayInvoice(PayInvoiceParams {
+            invoice: bolt11.to_string(),
+            amount: None,
+        })
+    }
+
+    fn state_of(svc: &Service, payee: &Keys, hash: &str) -> Option<TransactionState> {
+        let ledger = svc.ledger();
+        let guard = ledger.lock().expect("ledger");
+        guard
+            .lookup(&payee.public_key().to_hex(), hash)
+            .expect("lookup")
+            .and_then(|tx| tx.state)
+    }
+
+    fn balance(svc: &Service, who: &Keys) -> u64 {
+        let ledger = svc.ledger();
+        let guard = ledger.lock().expect("ledger");
+        guard.balance(&who.public_key().to_hex()).expect("balance")
+    }
+
+    /// A payment request is refused from its expiration second on — also one that was still
+    /// valid when it reached the hub but waited (in the worker queue, or behind other requests)
+    /// until it expired. Its client has given up on it, so running it would move money the
+    /// client reported as not paid.
+    #[test]
+    fn expired_payments_are_never_executed() {
+        let svc = service();
+        let (alice, bob) = (Keys::generate(), Keys::generate());
+        let grant = invoice(&svc, &alice, 100_000);
+        let faucet = Request::Faucet(FaucetParams {
+            invoice: grant.invoice.expect("bolt11"),
+        });
+        let funded = answer(&svc, &alice, &request(&svc, &alice, &faucet, None)).expect("answer");
+        assert!(funded.error.is_none(), "{funded:?}");
+
+        // Expiring this very second: refused, unanswered.
+        let first = invoice(&svc, &bob, 1_000);
+        let now = request(
+            &svc,
+            &alice,
+            &pay(first.invoice.as_deref().expect("bolt11")),
+            Some(Timestamp::now()),
+        );
+        assert!(svc.handle(&now).publish.is_empty());
+
+        // Valid when it arrived, handled once the hub's clock reached its expiration.
+        let second = invoice(&svc, &bob, 2_000);
+        let late = request(
+            &svc,
+            &alice,
+            &pay(second.invoice.as_deref().expect("bolt11")),
+            Some(Timestamp::now() + 1),
+        );
+        let expires = nip47::expiration(&late).expect("expiration");
+        while Timestamp::now() < expires {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(svc.handle(&late).publish.is_empty());
+
+        for inv in [&first, &second] {
+            assert_eq!(
+                state_of(&svc, &bob, &inv.payment_hash),
+                Some(TransactionState::Pending),
+                "an expired request moved no money"
+            );
+        }
+        assert_eq!(balance(&svc, &alice), 100_000);
+        assert_eq!(balance(&svc, &bob), 0);
+
+        // The same invoice paid by an unexpired request: executed.
+        let valid = request(
+            &svc,
+            &alice,
+            &pay(second.invoice.as_deref().expect("bolt11")),
+            Some(Timestamp::now() + 60),
+        );
+        let paid = answer(&svc, &alice, &valid).expect("answered");
+        assert!(paid.error.is_none(), "{paid:?}");
+        assert_eq!(
+            state_of(&svc, &bob, &second.payment_hash),
+            Some(TransactionState::Settled)
+        );
+        assert_eq!(balance(&svc, &alice), 98_000);
+        assert_eq!(balance(&svc, &bob), 2_000);
+        let audit = svc.ledger().lock().expect("ledger").audit().expect("audit");
+        assert!(audit.ok, "{audit:?}");
     }
 }

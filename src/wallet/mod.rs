@@ -28,6 +28,24 @@ pub enum WalletError {
     /// No answer in time.
     #[error("the wallet did not answer within {0:?}: is the hub running (`pylon hub` or `pylon up`) and on the same relay?")]
     Timeout(Duration),
+    /// A payment went unanswered, and the wallet said it is not paid *after* its request expired
+    /// by the wallet's own clock: a definite failure, the request can never run. Paying again is
+    /// safe.
+    #[error("the payment was NOT paid: the wallet did not answer within {waited:?} and the request expired unexecuted (payment hash {payment_hash}); is the hub running (`pylon hub` or `pylon up`) and on the same relay?")]
+    NotPaid {
+        /// The payment hash of the invoice.
+        payment_hash: String,
+        /// How long the client waited.
+        waited: Duration,
+    },
+    /// A payment went unanswered and the look-up of its payment hash went unanswered too: it may
+    /// or may not have settled. Paying the same invoice again is safe (a settled invoice refuses
+    /// a second payment), but paying a *new* invoice for the same thing is not — check first.
+    #[error("the payment's outcome is unknown (the wallet did not answer): check `pylon wallet history --hash {payment_hash}` before paying again")]
+    Unknown {
+        /// The payment hash of the invoice, to look it up later.
+        payment_hash: String,
+    },
     /// The relays could not be reached.
     #[error(transparent)]
     Relay(#[from] crate::relay::client::ClientError),
@@ -37,15 +55,15 @@ pub enum WalletError {
     /// No wallet is configured or discoverable.
     #[error("{0}")]
     NotConfigured(String),
-    /// A payment was sent and the wallet did not say whether it went through.
-    #[error("the payment's outcome is unknown (the wallet did not answer): check `pylon wallet history` before paying again")]
-    Unknown {
-        /// The payment in doubt.
-        payment_hash: String,
-    },
 }
 
 impl WalletError {
+    /// Whether the money may have moved although the call failed: only
+    /// [`WalletError::Unknown`]. Every other error means the payment did not happen.
+    pub fn outcome_unknown(&self) -> bool {
+        matches!(self, Self::Unknown { .. })
+    }
+
     /// The NIP-47 code, when the wallet refused.
     pub fn code(&self) -> Option<&ErrorCode> {
         match self {

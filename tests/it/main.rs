@@ -10,6 +10,7 @@ mod fallback;
 mod hub_process;
 mod hub_wallet;
 mod market;
+mod money_drill;
 mod paid_once;
 mod provider_safety;
 mod quality;

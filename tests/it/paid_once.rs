@@ -222,7 +222,6 @@ fn a_hub_down_for_nineteen_seconds_mid_map_costs_no_double_payment() {
     std::thread::sleep(Duration::from_secs(19));
     let (_hub, _) = start_hub_process(&op, &url);
     let out = map.wait_with_output().expect("repomap ends");
-    eprintln!("repomap exit {:?}", out.status);
     let report: Value = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
     let report = &report["report"];
@@ -237,6 +236,14 @@ fn a_hub_down_for_nineteen_seconds_mid_map_costs_no_double_payment() {
         .filter(|t| t["type"] == "outgoing")
         .collect();
     let paid: u64 = outgoing.iter().filter_map(|t| t["amount"].as_u64()).sum();
+    eprintln!(
+        "hub outage map: {} files, {} payments, {} msats, {} s, failed {}",
+        report["mapped"],
+        outgoing.len(),
+        paid,
+        report["wall_secs"],
+        report["failed"]
+    );
     assert_eq!(outgoing.len(), 60, "each file paid once: {report}");
     assert_eq!(report["spent_msats"].as_u64(), Some(paid), "{report}");
     assert!(paid <= 200_000, "the budget held");
