@@ -158,9 +158,9 @@ async fn a_buyer_killed_mid_payment_finds_it_paid_and_never_pays_twice() {
 
 /// The bug this guards against: a repo map with a 19 s hub outage re-dispatched files whose
 /// payment had timed out but executed later, and paid them twice; its report undercounted.
-#[test]
-fn a_hub_down_for_nineteen_seconds_mid_map_costs_no_double_payment() {
-    use std::io::BufRead;
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hub_down_for_nineteen_seconds_mid_map_costs_no_double_payment() {
+    const FILES: usize = 300;
     let root = tempfile::tempdir().expect("tempdir");
     let op = root.path().join("op");
     init_home(&op);
@@ -177,58 +177,73 @@ fn a_hub_down_for_nineteen_seconds_mid_map_costs_no_double_payment() {
     let run = |args: &[&str]| crate::common::pylon_at(&buyer.path, &url, args);
     json(&run(&["wallet", "faucet", "1000", "--json"]));
     let repo = root.path().join("repo");
-    pylon::fanout::sample::generate(&repo, 60).expect("sample");
+    pylon::fanout::sample::generate(&repo, FILES).expect("sample");
 
-    let mut map = pylon(&buyer.path)
+    // Count the buyer's receipts as they are published, to cut the hub mid-run.
+    let watcher = MarketClient::connect(
+        Keys::generate(),
+        &[url.parse().expect("url")],
+        Duration::from_secs(5),
+        Reachability::OneShot,
+    )
+    .await
+    .expect("watcher");
+    let mut notes = watcher.notifications();
+    watcher
+        .sdk()
+        .subscribe(
+            Filter::new()
+                .kind(Kind::from(7001))
+                .pubkey(buyer.identity.nostr_keys().public_key()),
+            None,
+        )
+        .await
+        .expect("subscribe");
+    let map = pylon(&buyer.path)
         .args(["--relay", &url, "repomap"])
         .arg(&repo)
         .args(["--out"])
         .arg(root.path().join("out"))
-        .args(["--budget", "200", "--min-providers", "3", "--json"])
+        .args(["--budget", "600", "--min-providers", "3", "--json"])
         .env("PYLON_PASSPHRASE", PASS)
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
         .spawn()
         .expect("spawn repomap");
-    // Follow the progress lines; kill the hub once some files are paid.
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    let stderr_pipe = map.stderr.take().expect("stderr");
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr_pipe)
-            .lines()
-            .map_while(Result::ok)
-        {
-            let _ = tx.send(line);
-        }
-    });
     let deadline = Instant::now() + Duration::from_secs(60);
-    let mut log = Vec::new();
-    loop {
-        let line = rx
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .unwrap_or_else(|_| panic!("no progress: {log:?}"));
-        log.push(line.clone());
-        let done: usize = line
-            .split(": ")
-            .nth(1)
-            .and_then(|rest| rest.split(' ').next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0);
-        if done >= 3 {
-            break;
+    let mut receipts = 0;
+    while receipts < 20 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(
+            !left.is_zero(),
+            "only {receipts} receipts before the deadline"
+        );
+        if let Ok(Ok(RelayPoolNotification::Event { event, .. })) =
+            tokio::time::timeout(left, notes.recv()).await
+        {
+            if event.kind == Kind::from(7001) {
+                receipts += 1;
+            }
         }
     }
     assert!(hub.signal("KILL").code().is_none(), "killed by a signal");
-    std::thread::sleep(Duration::from_secs(19));
+    let killed_at = Instant::now();
+    tokio::time::sleep(Duration::from_secs(19)).await;
     let (_hub, _) = start_hub_process(&op, &url);
-    let out = map.wait_with_output().expect("repomap ends");
+    let out = tokio::task::spawn_blocking(move || map.wait_with_output())
+        .await
+        .expect("join")
+        .expect("repomap ends");
+    assert!(
+        killed_at.elapsed() > Duration::from_secs(19),
+        "the map ran through the outage"
+    );
     let report: Value = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
     let report = &report["report"];
-    assert_eq!(report["mapped"], 60, "{report}");
 
-    // What the wallet says left it is exactly what the report says, one payment per file.
-    let history = json(&run(&["wallet", "history", "--limit", "1000", "--json"]));
+    // What the wallet says left it is exactly what the report says, at most one payment a file.
+    let history = json(&run(&["wallet", "history", "--limit", "10000", "--json"]));
     let outgoing: Vec<&Value> = history
         .as_array()
         .expect("array")
@@ -237,16 +252,26 @@ fn a_hub_down_for_nineteen_seconds_mid_map_costs_no_double_payment() {
         .collect();
     let paid: u64 = outgoing.iter().filter_map(|t| t["amount"].as_u64()).sum();
     eprintln!(
-        "hub outage map: {} files, {} payments, {} msats, {} s, failed {}",
+        "hub outage map: {} of {FILES} files, {} payments, {paid} msats, {} s, failed {}",
         report["mapped"],
         outgoing.len(),
-        paid,
         report["wall_secs"],
         report["failed"]
     );
-    assert_eq!(outgoing.len(), 60, "each file paid once: {report}");
+    let mapped = report["mapped"].as_u64().expect("mapped") as usize;
+    assert_eq!(
+        outgoing.len(),
+        mapped,
+        "each mapped file paid exactly once: {report}"
+    );
     assert_eq!(report["spent_msats"].as_u64(), Some(paid), "{report}");
-    assert!(paid <= 200_000, "the budget held");
+    // Files given up are given up only for a payment still in doubt or for lack of time, never
+    // paid on top of that.
+    assert!(
+        mapped >= FILES * 9 / 10,
+        "the map survives the outage: {report}"
+    );
+    assert!(paid <= 600_000, "the budget held");
     let audit = json(
         &pylon(&op)
             .args(["hub", "audit", "--json"])
@@ -254,5 +279,6 @@ fn a_hub_down_for_nineteen_seconds_mid_map_costs_no_double_payment() {
             .expect("audit"),
     );
     assert_eq!(audit["ok"], true, "{audit}");
+    watcher.shutdown().await;
     drop(nodes);
 }
