@@ -18,6 +18,55 @@ fn json(out: &std::process::Output) -> Value {
     serde_json::from_str(&stdout(out)).unwrap_or_else(|e| panic!("{e}: {}", stdout(out)))
 }
 
+/// A live view of the events matching `filter` on `url` (ephemeral ones included, which no
+/// stored query returns).
+struct Watch {
+    client: MarketClient,
+    notes: tokio::sync::broadcast::Receiver<RelayPoolNotification>,
+    kind: Kind,
+}
+
+impl Watch {
+    async fn start(url: &str, kind: Kind, filter: Filter) -> Self {
+        let client = MarketClient::connect(
+            Keys::generate(),
+            &[url.parse().expect("url")],
+            Duration::from_secs(5),
+            Reachability::OneShot,
+        )
+        .await
+        .expect("watcher");
+        let notes = client.notifications();
+        client
+            .sdk()
+            .subscribe(filter.kind(kind), None)
+            .await
+            .expect("subscribe");
+        Self {
+            client,
+            notes,
+            kind,
+        }
+    }
+
+    /// Waits until `n` more matching events have gone by.
+    async fn until(&mut self, n: usize, what: &str) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut seen = 0;
+        while seen < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(!left.is_zero(), "only {seen} of {n} {what} went by");
+            if let Ok(Ok(RelayPoolNotification::Event { event, .. })) =
+                tokio::time::timeout(left, self.notes.recv()).await
+            {
+                if event.kind == self.kind {
+                    seen += 1;
+                }
+            }
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_buyer_killed_mid_payment_finds_it_paid_and_never_pays_twice() {
     let root = tempfile::tempdir().expect("tempdir");
@@ -49,25 +98,12 @@ async fn a_buyer_killed_mid_payment_finds_it_paid_and_never_pays_twice() {
 
     // Watch the buyer's wallet requests go by (they are ephemeral: only a live subscription
     // sees them).
-    let watcher = MarketClient::connect(
-        Keys::generate(),
-        &[url.parse().expect("url")],
-        Duration::from_secs(5),
-        Reachability::OneShot,
+    let mut watch = Watch::start(
+        &url,
+        Kind::from(23194),
+        Filter::new().author(buyer.identity.wallet_client_keys().public_key()),
     )
-    .await
-    .expect("watcher");
-    let mut notes = watcher.notifications();
-    watcher
-        .sdk()
-        .subscribe(
-            Filter::new()
-                .kind(Kind::from(23194))
-                .author(buyer.identity.wallet_client_keys().public_key()),
-            None,
-        )
-        .await
-        .expect("subscribe");
+    .await;
 
     // The hub freezes; the buyer asks it to pay and is killed before any answer can come.
     hub.send("STOP");
@@ -78,19 +114,7 @@ async fn a_buyer_killed_mid_payment_finds_it_paid_and_never_pays_twice() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("spawn pay");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut requests = 0;
-    while requests == 0 {
-        let left = deadline.saturating_duration_since(Instant::now());
-        assert!(!left.is_zero(), "the buyer never sent its payment request");
-        if let Ok(Ok(RelayPoolNotification::Event { event, .. })) =
-            tokio::time::timeout(left, notes.recv()).await
-        {
-            if event.kind == Kind::from(23194) {
-                requests += 1;
-            }
-        }
-    }
+    watch.until(1, "payment requests").await;
     payer.kill().expect("kill the buyer");
     let _ = payer.wait();
     // The hub wakes up and executes the request it was handed: the money moves, with no one
@@ -153,7 +177,7 @@ async fn a_buyer_killed_mid_payment_finds_it_paid_and_never_pays_twice() {
         std::thread::sleep(Duration::from_millis(200));
     }
     assert!(verified, "the receipt of the one payment verifies");
-    watcher.shutdown().await;
+    watch.client.shutdown().await;
 }
 
 /// The bug this guards against: a repo map with a 19 s hub outage re-dispatched files whose
@@ -180,25 +204,12 @@ async fn a_hub_down_for_nineteen_seconds_mid_map_costs_no_double_payment() {
     pylon::fanout::sample::generate(&repo, FILES).expect("sample");
 
     // Count the buyer's receipts as they are published, to cut the hub mid-run.
-    let watcher = MarketClient::connect(
-        Keys::generate(),
-        &[url.parse().expect("url")],
-        Duration::from_secs(5),
-        Reachability::OneShot,
+    let mut watch = Watch::start(
+        &url,
+        Kind::from(7001),
+        Filter::new().pubkey(buyer.identity.nostr_keys().public_key()),
     )
-    .await
-    .expect("watcher");
-    let mut notes = watcher.notifications();
-    watcher
-        .sdk()
-        .subscribe(
-            Filter::new()
-                .kind(Kind::from(7001))
-                .pubkey(buyer.identity.nostr_keys().public_key()),
-            None,
-        )
-        .await
-        .expect("subscribe");
+    .await;
     let map = pylon(&buyer.path)
         .args(["--relay", &url, "repomap"])
         .arg(&repo)
@@ -210,22 +221,7 @@ async fn a_hub_down_for_nineteen_seconds_mid_map_costs_no_double_payment() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("spawn repomap");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut receipts = 0;
-    while receipts < 20 {
-        let left = deadline.saturating_duration_since(Instant::now());
-        assert!(
-            !left.is_zero(),
-            "only {receipts} receipts before the deadline"
-        );
-        if let Ok(Ok(RelayPoolNotification::Event { event, .. })) =
-            tokio::time::timeout(left, notes.recv()).await
-        {
-            if event.kind == Kind::from(7001) {
-                receipts += 1;
-            }
-        }
-    }
+    watch.until(20, "receipts").await;
     assert!(hub.signal("KILL").code().is_none(), "killed by a signal");
     let killed_at = Instant::now();
     tokio::time::sleep(Duration::from_secs(19)).await;
@@ -279,6 +275,6 @@ async fn a_hub_down_for_nineteen_seconds_mid_map_costs_no_double_payment() {
             .expect("audit"),
     );
     assert_eq!(audit["ok"], true, "{audit}");
-    watcher.shutdown().await;
+    watch.client.shutdown().await;
     drop(nodes);
 }

@@ -57,6 +57,26 @@ async fn buyer_with(
     (b, wallet, dir)
 }
 
+/// Runs `job` on `b` in the background, auto-paying, for `secs` at most.
+fn auto_paid(
+    b: &Arc<Buyer>,
+    job: NewJob,
+    secs: u64,
+) -> tokio::task::JoinHandle<Result<pylon::buyer::Outcome, pylon::buyer::BuyerError>> {
+    let b = b.clone();
+    tokio::spawn(async move {
+        b.run(
+            &job,
+            WaitOptions {
+                timeout: Duration::from_secs(secs),
+                auto_pay: true,
+                max_msats: None,
+            },
+        )
+        .await
+    })
+}
+
 /// Waits for the request `author` publishes next, as a provider watching the relay would.
 async fn request_of(c: &MarketClient, author: PublicKey) -> Event {
     for _ in 0..200 {
@@ -321,20 +341,7 @@ async fn auto_pay_without_a_bid_is_capped_and_an_open_job_survives_a_greedy_answ
     let before = view.balance_msat().await.expect("balance");
     let greedy = Actor::new(&m).await;
     let honest = Actor::new(&m).await;
-    let follower = {
-        let b = b.clone();
-        tokio::spawn(async move {
-            b.run(
-                &open_job(None),
-                WaitOptions {
-                    timeout: Duration::from_secs(20),
-                    auto_pay: true,
-                    max_msats: None,
-                },
-            )
-            .await
-        })
-    };
+    let follower = auto_paid(&b, open_job(None), 20);
     let request = request_of(&greedy.relay, b.public_key()).await;
     // 50,000 sats for one file, instantly.
     greedy.claim(&request).await;
@@ -368,20 +375,7 @@ async fn auto_pay_without_a_bid_is_capped_and_an_open_job_survives_a_greedy_answ
     assert!(!greedy_invoice.is_settled(), "the greedy invoice was paid");
 
     // With only the greedy answer, the job ends unpaid and says why.
-    let follower = {
-        let b = b.clone();
-        tokio::spawn(async move {
-            b.run(
-                &open_job(None),
-                WaitOptions {
-                    timeout: Duration::from_secs(8),
-                    auto_pay: true,
-                    max_msats: None,
-                },
-            )
-            .await
-        })
-    };
+    let follower = auto_paid(&b, open_job(None), 8);
     let request = loop {
         let r = request_of(&greedy.relay, b.public_key()).await;
         if r.id != EventId::from_hex(&o.job_id).expect("id") {
@@ -413,20 +407,7 @@ async fn an_open_job_pays_only_a_key_that_claimed_it() {
     let b = Arc::new(b);
     let honest = Actor::new(&m).await;
     let jumper = Actor::new(&m).await;
-    let follower = {
-        let b = b.clone();
-        tokio::spawn(async move {
-            b.run(
-                &open_job(Some(5_000)),
-                WaitOptions {
-                    timeout: Duration::from_secs(20),
-                    auto_pay: true,
-                    max_msats: None,
-                },
-            )
-            .await
-        })
-    };
+    let follower = auto_paid(&b, open_job(Some(5_000)), 20);
     let request = request_of(&honest.relay, b.public_key()).await;
     honest.claim(&request).await;
     // A key that never claimed answers first, at a valid price, with a valid invoice.
@@ -477,20 +458,7 @@ async fn the_daily_cap_holds_across_jobs_and_a_paid_job_is_never_paid_twice() {
     let mut outcomes = Vec::new();
     let mut seen: Vec<EventId> = Vec::new();
     for _ in 0..3 {
-        let follower = {
-            let b = b.clone();
-            tokio::spawn(async move {
-                b.run(
-                    &open_job(Some(2_000)),
-                    WaitOptions {
-                        timeout: Duration::from_secs(10),
-                        auto_pay: true,
-                        max_msats: None,
-                    },
-                )
-                .await
-            })
-        };
+        let follower = auto_paid(&b, open_job(Some(2_000)), 10);
         let request = loop {
             let r = request_of(&p.relay, b.public_key()).await;
             if !seen.contains(&r.id) {
@@ -622,20 +590,7 @@ async fn a_job_the_wallet_cannot_pay_says_how_to_fund_it() {
         .expect("buyer"),
     );
     let p = Actor::new(&m).await;
-    let follower = {
-        let b = b.clone();
-        tokio::spawn(async move {
-            b.run(
-                &open_job(Some(2_000)),
-                WaitOptions {
-                    timeout: Duration::from_secs(10),
-                    auto_pay: true,
-                    max_msats: None,
-                },
-            )
-            .await
-        })
-    };
+    let follower = auto_paid(&b, open_job(Some(2_000)), 10);
     let request = request_of(&p.relay, b.public_key()).await;
     p.claim(&request).await;
     let tx = p.invoice(&request.id, 1_000).await;
