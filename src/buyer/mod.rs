@@ -463,34 +463,37 @@ impl Buyer {
                 }
                 // A result whose invoice cannot be paid (over the bid, wrong job, another
                 // provider's invoice) is recorded and ignored: an honest answer may still come.
+                let mut invoice = None;
                 if out.payment.is_none() {
                     if let Some(amount) = &parsed.amount {
                         let explicit = request.bid_msats.is_some() || options.max_msats.is_some();
-                        let refused =
+                        let checked =
                             verify::invoice(&request, amount, &parsed.provider, options.max_msats)
-                                .map(|_| ())
                                 .map_err(BuyerError::from)
-                                .and_then(|()| {
+                                .and_then(|decoded| {
                                     if options.auto_pay {
                                         self.spending.check_job_cap(amount.msats, explicit)?;
                                     }
-                                    Ok(())
+                                    Ok(decoded)
                                 });
-                        if let Err(e) = refused {
-                            tracing::warn!(job = %id, "ignoring result {} from {}: {e}", event.id, parsed.provider);
-                            let code = match e {
-                                BuyerError::Spending(_) => FailureCode::PaymentFailed,
-                                _ => FailureCode::InvalidResult,
-                            };
-                            errors.push((code.clone(), e.to_string()));
-                            if !request.providers.is_empty() {
-                                return Ok(self.failed(
-                                    out,
-                                    code,
-                                    format!("the provider's result was refused: {e}"),
-                                ));
+                        match checked {
+                            Ok(decoded) => invoice = Some(decoded),
+                            Err(e) => {
+                                tracing::warn!(job = %id, "ignoring result {} from {}: {e}", event.id, parsed.provider);
+                                let code = match e {
+                                    BuyerError::Spending(_) => FailureCode::PaymentFailed,
+                                    _ => FailureCode::InvalidResult,
+                                };
+                                errors.push((code.clone(), e.to_string()));
+                                if !request.providers.is_empty() {
+                                    return Ok(self.failed(
+                                        out,
+                                        code,
+                                        format!("the provider's result was refused: {e}"),
+                                    ));
+                                }
+                                continue;
                             }
-                            continue;
                         }
                     }
                 }
@@ -526,9 +529,7 @@ impl Buyer {
                 );
                 if out.payment.is_none() {
                     if let Some(amount) = &parsed.amount {
-                        if let Ok(decoded) =
-                            verify::invoice(&request, amount, &parsed.provider, options.max_msats)
-                        {
+                        if let Some(decoded) = invoice {
                             self.update(
                                 &id,
                                 &[Set::Invoice(
@@ -675,7 +676,11 @@ impl Buyer {
         };
         let mut journaled = false;
         for _ in 0..2 {
-            let since = now_ms().saturating_sub(24 * 3600 * 1000);
+            let since = self
+                .spending
+                .limits()
+                .max_daily_msats
+                .map(|_| now_ms().saturating_sub(24 * 3600 * 1000));
             let begun = self.store.payments().begin(&record, since, |spent| {
                 self.spending.authorize(amount.msats, spent, explicit)
             })?;

@@ -89,9 +89,7 @@ pub(super) fn hand_over(
 
 /// Stops watching an invoice.
 pub(super) fn forget(s: &Shared, payment_hash: &str) {
-    if let Ok(mut p) = s.pending.lock() {
-        p.remove(payment_hash);
-    }
+    let _ = take(s, payment_hash);
 }
 
 /// Picks up invoices left pending by a previous run. Pay-first jobs whose runner is gone are
@@ -215,12 +213,9 @@ fn expiry(s: &Shared, payment_hash: &str, job_id: &str) -> Option<u64> {
 /// An invoice expired unpaid: stop watching it, for good. A job still waiting for it to be paid
 /// first is woken (its waiter dropped) and fails; a published result is marked `expired`.
 fn expire(s: &Shared, payment_hash: &str, job_id: &str) {
-    let entry = s
-        .pending
-        .lock()
-        .ok()
-        .and_then(|mut p| p.remove(payment_hash));
-    let Some(entry) = entry else { return };
+    let Some(entry) = take(s, payment_hash) else {
+        return;
+    };
     if entry.waiter.is_some() {
         return;
     }
@@ -248,13 +243,15 @@ pub(crate) struct Settled {
     pub proof: Option<Attestation>,
 }
 
+/// Takes an invoice out of the watch list: whoever takes it (settlement or expiry) handles it.
+fn take(s: &Shared, payment_hash: &str) -> Option<Pending> {
+    s.pending.lock().ok()?.remove(payment_hash)
+}
+
 async fn paid(s: &Arc<Shared>, payment_hash: &str, settled: Settled) {
-    let entry = s
-        .pending
-        .lock()
-        .ok()
-        .and_then(|mut p| p.remove(payment_hash));
-    let Some(entry) = entry else { return };
+    let Some(entry) = take(s, payment_hash) else {
+        return;
+    };
     match entry.waiter {
         Some(waiter) => {
             // A pay-first job: it runs now and publishes its receipt after the result.

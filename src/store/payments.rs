@@ -113,12 +113,12 @@ impl Payments {
 
     /// Records a payment as sending, unless `job_id` already has one that may have gone through
     /// (sending, paid or unknown). `guard` runs inside the same transaction with the msats that
-    /// may have been spent since `since_ms` (so a cap check and the write cannot be overtaken);
-    /// its error aborts the payment.
+    /// may have been spent since `since_ms` (0 when `None`: no cap asks), so a cap check and the
+    /// write cannot be overtaken; its error aborts the payment.
     pub fn begin<E>(
         &mut self,
         rec: &PaymentRecord,
-        since_ms: u64,
+        since_ms: Option<u64>,
         guard: impl FnOnce(u64) -> Result<(), E>,
     ) -> Result<Result<Begin, E>, StoreError> {
         let tx = self
@@ -134,13 +134,12 @@ impl Payments {
         if let Some(existing) = existing {
             return Ok(Ok(Begin::Exists(existing)));
         }
-        let spent: i64 = tx
-            .prepare_cached(
-                "SELECT COALESCE(SUM(amount_msat), 0) FROM payments
-                 WHERE state != 'failed' AND started_at >= ?1",
-            )?
-            .query_row([since_ms as i64], |r| r.get(0))?;
-        if let Err(e) = guard(spent as u64) {
+        // Summed only for a cap that needs it: this runs on every payment.
+        let spent = match since_ms {
+            Some(since) => spent_since(&tx, since)?,
+            None => 0,
+        };
+        if let Err(e) = guard(spent) {
             return Ok(Err(e));
         }
         tx.prepare_cached(
@@ -207,15 +206,18 @@ impl Payments {
 
     /// Msats that may have been spent since `since_ms` (paid, sending or unknown).
     pub fn spent_since(&self, since_ms: u64) -> Result<u64, StoreError> {
-        let n: i64 = self
-            .conn
-            .prepare_cached(
-                "SELECT COALESCE(SUM(amount_msat), 0) FROM payments
-                 WHERE state != 'failed' AND started_at >= ?1",
-            )?
-            .query_row([since_ms as i64], |r| r.get(0))?;
-        Ok(n as u64)
+        Ok(spent_since(&self.conn, since_ms)?)
     }
+}
+
+fn spent_since(conn: &Connection, since_ms: u64) -> rusqlite::Result<u64> {
+    let n: i64 = conn
+        .prepare_cached(
+            "SELECT COALESCE(SUM(amount_msat), 0) FROM payments
+             WHERE state != 'failed' AND started_at >= ?1",
+        )?
+        .query_row([since_ms as i64], |r| r.get(0))?;
+    Ok(n as u64)
 }
 
 fn row_to_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<PaymentRecord> {
@@ -254,11 +256,11 @@ mod tests {
         let mut p = Payments::open(&dir.path().join("jobs.db")).expect("open");
         let ok = |_: u64| Ok::<(), String>(());
         assert_eq!(
-            p.begin(&rec("j1", "aa", 5), 0, ok).expect("db"),
+            p.begin(&rec("j1", "aa", 5), Some(0), ok).expect("db"),
             Ok(Begin::Go)
         );
         // A second invoice for the same job is refused while the first may have gone through.
-        match p.begin(&rec("j1", "bb", 5), 0, ok).expect("db") {
+        match p.begin(&rec("j1", "bb", 5), Some(0), ok).expect("db") {
             Ok(Begin::Exists(r)) => assert_eq!(r.payment_hash, "aa"),
             other => panic!("{other:?}"),
         }
@@ -272,7 +274,7 @@ mod tests {
             .expect("db");
         assert_eq!(p.spent_since(0).expect("db"), 0);
         assert_eq!(
-            p.begin(&rec("j1", "bb", 5), 0, ok).expect("db"),
+            p.begin(&rec("j1", "bb", 5), Some(0), ok).expect("db"),
             Ok(Begin::Go)
         );
         p.finish("bb", PaymentState::Paid, Some("pre"), 4_000)
@@ -281,7 +283,7 @@ mod tests {
         assert_eq!(paid.preimage.as_deref(), Some("pre"));
         // The guard sees the spend and can refuse; nothing is written then.
         let refused = p
-            .begin(&rec("j2", "cc", 7), 0, |spent| {
+            .begin(&rec("j2", "cc", 7), Some(0), |spent| {
                 if spent + 7 > 10 {
                     Err(format!("{spent} spent"))
                 } else {

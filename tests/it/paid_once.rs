@@ -13,6 +13,17 @@ use crate::common::{
     PASS,
 };
 
+/// `pylon hub audit` in the hub's home says every invariant of the books holds.
+fn assert_books_balance(op: &std::path::Path) {
+    let audit = json(
+        &pylon(op)
+            .args(["hub", "audit", "--json"])
+            .output()
+            .expect("audit"),
+    );
+    assert_eq!(audit["ok"], true, "{audit}");
+}
+
 fn json(out: &std::process::Output) -> Value {
     assert!(out.status.success(), "failed: {}", stderr(out));
     serde_json::from_str(&stdout(out)).unwrap_or_else(|e| panic!("{e}: {}", stdout(out)))
@@ -158,13 +169,7 @@ async fn a_buyer_killed_mid_payment_finds_it_paid_and_never_pays_twice() {
         .filter(|t| t["type"] == "outgoing")
         .count();
     assert_eq!(outgoing, 1, "{history}");
-    let audit = json(
-        &pylon(&op)
-            .args(["hub", "audit", "--json"])
-            .output()
-            .expect("audit"),
-    );
-    assert_eq!(audit["ok"], true, "{audit}");
+    assert_books_balance(&op);
     // And the provider's receipt for it verifies for whoever trusts this hub.
     let mut verified = false;
     for _ in 0..50 {
@@ -268,13 +273,7 @@ async fn a_hub_down_for_nineteen_seconds_mid_map_costs_no_double_payment() {
         "the map survives the outage: {report}"
     );
     assert!(paid <= 600_000, "the budget held");
-    let audit = json(
-        &pylon(&op)
-            .args(["hub", "audit", "--json"])
-            .output()
-            .expect("audit"),
-    );
-    assert_eq!(audit["ok"], true, "{audit}");
+    assert_books_balance(&op);
     watch.client.shutdown().await;
     drop(nodes);
 }
