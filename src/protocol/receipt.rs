@@ -229,6 +229,45 @@ mod tests {
         ));
     }
 
+    #[test]
+    fn a_malformed_settlement_tag_is_an_error_not_a_panic() {
+        let node = bitcoin::secp256k1::SecretKey::from_slice(&[9u8; 32]).expect("key");
+        let inv = create(&node, 1_000, &Purpose::Description("x".into()), 60).expect("invoice");
+        let r = Receipt {
+            id: None,
+            provider: None,
+            request_id: EventId::all_zeros(),
+            result_id: EventId::from_slice(&[1u8; 32]).expect("id"),
+            buyer: Keys::generate().public_key(),
+            amount_msats: 1_000,
+            bolt11: inv.bolt11,
+            payment_hash: inv.payment_hash,
+            preimage: inv.preimage,
+            settlement: None,
+            created_at: None,
+        };
+        let ev = r.to_event(&Keys::generate()).expect("event");
+        for bad in [
+            vec!["settlement"],
+            vec!["settlement", "02aa", "not-a-number", "p", "q", "sig"],
+            vec!["settlement", "n", "1", "p", "q", "s", "pylon-settlement-v9"],
+        ] {
+            let mut tags: Vec<Tag> = ev.tags.clone().to_vec();
+            tags.push(Tag::parse(bad.clone()).expect("tag"));
+            let forged = EventBuilder::new(kinds::RECEIPT, "")
+                .tags(tags)
+                .sign_with_keys(&Keys::generate())
+                .expect("sign");
+            assert!(
+                matches!(
+                    Receipt::from_event(&forged),
+                    Err(ProtocolError::BadTag("settlement", _))
+                ),
+                "{bad:?}"
+            );
+        }
+    }
+
     fn sealed(node: &bitcoin::secp256k1::SecretKey, hash: &str, msat: u64) -> Attestation {
         let mut a = Attestation::statement(hash, msat, 1, "payer", "payee");
         a.seal(node);

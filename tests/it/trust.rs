@@ -570,6 +570,19 @@ fn the_cli_refuses_unbounded_auto_pay_and_an_unfunded_repo_map() {
         .expect("fetch")
     });
     assert_eq!(requests.len(), 0, "no job was posted");
+
+    // A trusted hub that is no key at all is named, before any relay is asked.
+    let out = pylon_at(
+        &buyer.path,
+        &url,
+        &["job", "trace", &"ab".repeat(32), "--trust-hub", "nope"],
+    );
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("--trust-hub nope"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
