@@ -20,7 +20,7 @@ pub fn init(verbosity: i8, logs_dir: Option<&Path>) -> Option<WorkerGuard> {
     // refused) stays out of the way: what matters is reported by Pylon itself. `-v` shows it.
     let stderr_level = match verbosity {
         i8::MIN..=-1 => "error",
-        0 => "warn,nostr_relay_pool=off,nostr_relay_builder=off,nostr_sdk=off",
+        0 => "warn,nostr_relay_pool=off,nostr_sdk=off",
         1 => "info",
         2 => "debug",
         _ => "trace",

@@ -12,14 +12,43 @@ const IDLE_SECS: u64 = 300;
 pub struct TokenBuckets<K> {
     rate: f64,
     burst: f64,
-    buckets: HashMap<K, Bucket>,
+    buckets: HashMap<K, TokenBucket>,
     calls: u64,
 }
 
+/// One bucket: refilled at `rate` tokens per second, holding at most `burst`. A relay session owns
+/// one directly (no map, no lock): the connection is the key.
 #[derive(Debug, Clone, Copy)]
-struct Bucket {
+pub struct TokenBucket {
+    rate: f64,
+    burst: f64,
     tokens: f64,
     last: Instant,
+}
+
+impl TokenBucket {
+    /// A full bucket at `now`.
+    pub fn new(rate: f64, burst: f64, now: Instant) -> Self {
+        Self {
+            rate,
+            burst,
+            tokens: burst,
+            last: now,
+        }
+    }
+
+    /// Takes one token at `now`; false when the bucket is empty.
+    pub fn take(&mut self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 impl<K: Hash + Eq> TokenBuckets<K> {
@@ -40,20 +69,11 @@ impl<K: Hash + Eq> TokenBuckets<K> {
             self.buckets
                 .retain(|_, b| now.saturating_duration_since(b.last).as_secs() < IDLE_SECS);
         }
-        let burst = self.burst;
-        let bucket = self.buckets.entry(key).or_insert(Bucket {
-            tokens: burst,
-            last: now,
-        });
-        let elapsed = now.saturating_duration_since(bucket.last).as_secs_f64();
-        bucket.tokens = (bucket.tokens + elapsed * self.rate).min(burst);
-        bucket.last = now;
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
+        let (rate, burst) = (self.rate, self.burst);
+        self.buckets
+            .entry(key)
+            .or_insert_with(|| TokenBucket::new(rate, burst, now))
+            .take(now)
     }
 }
 

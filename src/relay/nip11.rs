@@ -5,9 +5,9 @@ use serde_json::{json, Value};
 use super::settings::RelaySettings;
 
 /// NIPs the embedded relay implements: basic protocol, deletion (by `e` and `a` tags), this
-/// document, proof of work (when configured), AUTH, COUNT, protected events and negentropy sync.
+/// document, expiration, AUTH, COUNT, protected events, and proof of work when configured.
 pub fn supported_nips(settings: &RelaySettings) -> Vec<u16> {
-    let mut nips = vec![1, 9, 11, 42, 45, 70, 77];
+    let mut nips = vec![1, 9, 11, 40, 42, 45, 70];
     if settings.min_pow_job_requests > 0 {
         nips.push(13);
     }
@@ -15,11 +15,13 @@ pub fn supported_nips(settings: &RelaySettings) -> Vec<u16> {
     nips
 }
 
-/// The JSON served for `Accept: application/nostr+json`.
+/// The JSON served for `Accept: application/nostr+json`. Every limit in it is one the relay
+/// enforces, with the meaning NIP-11 gives it.
 pub fn document(settings: &RelaySettings) -> Value {
     let restricted = !settings.allow_pubkeys.is_empty()
         || !settings.allow_kinds.is_empty()
-        || settings.min_pow_job_requests > 0;
+        || settings.min_pow_job_requests > 0
+        || settings.auth.for_writes();
     json!({
         "name": settings.name,
         "description": settings.description,
@@ -28,22 +30,29 @@ pub fn document(settings: &RelaySettings) -> Value {
         "supported_nips": supported_nips(settings),
         "limitation": {
             "max_message_length": settings.max_message_bytes,
-            "max_content_length": settings.max_event_bytes,
             "max_subscriptions": settings.max_subscriptions,
+            "max_filters": settings.max_filters,
             "max_limit": settings.max_filter_limit,
             "default_limit": settings.default_filter_limit,
+            "max_subid_length": settings.max_subid_length,
             "max_event_tags": settings.max_event_tags,
+            "max_content_length": settings.max_content_chars,
+            // Proof of work is asked of job requests only; see "pylon" below.
             "min_pow_difficulty": 0,
-            "auth_required": false,
+            "auth_required": settings.auth.for_reads(),
             "payment_required": false,
             "restricted_writes": restricted,
+            "created_at_upper_limit": settings.max_future_seconds,
         },
         // Not standard NIP-11 keys: the market-specific limits, so clients can pace themselves.
         "pylon": {
+            "max_event_bytes": settings.max_event_bytes,
             "events_per_second": settings.events_per_second,
             "event_burst": settings.event_burst,
             "min_pow_job_requests": settings.min_pow_job_requests,
             "allow_kinds": settings.allow_kinds,
+            "auth": settings.auth,
+            "live_buffer_events": settings.live_buffer_events,
         },
     })
 }
@@ -57,7 +66,10 @@ mod tests {
         let s = RelaySettings::default();
         let doc = document(&s);
         assert_eq!(doc["name"], "pylon");
-        assert_eq!(doc["limitation"]["max_content_length"], s.max_event_bytes);
+        assert_eq!(doc["limitation"]["max_content_length"], s.max_content_chars);
+        assert_eq!(doc["limitation"]["max_message_length"], s.max_message_bytes);
+        assert_eq!(doc["limitation"]["created_at_upper_limit"], 900);
+        assert_eq!(doc["limitation"]["auth_required"], false);
         assert_eq!(doc["limitation"]["restricted_writes"], false);
         let nips: Vec<u64> = doc["supported_nips"]
             .as_array()

@@ -1,31 +1,91 @@
 //! What the embedded relay refuses, and why: size, allow-lists, proof of work on job requests,
-//! and a per-connection rate limit.
+//! dates in the future, and (in the session, per connection) a rate limit.
 //!
-//! nostr-relay-builder's own limiter is replaced (set to unlimited) because it only refills when a
-//! client pauses for a whole second, so a busy node publishing steadily is starved after 60 events.
+//! Every refusal carries a NIP-01 machine-readable prefix so clients can act on it: a client
+//! told `rate-limited:` slows down, one told `invalid:` fixes its event, one told
+//! `auth-required:` authenticates.
 
 use std::collections::HashSet;
-use std::net::SocketAddr;
-use std::sync::Mutex;
-use std::time::Instant;
+use std::fmt;
 
-use nostr_relay_builder::builder::{PolicyResult, WritePolicy};
-use nostr_sdk::nostr::util::BoxedFuture;
-use nostr_sdk::{Event, JsonUtil, PublicKey};
+use nostr_sdk::{Event, JsonUtil, PublicKey, Timestamp};
 
 use super::settings::RelaySettings;
-use crate::ratelimit::TokenBuckets;
 
-/// The write policy installed on the embedded relay.
+/// The NIP-01 machine-readable prefixes the relay uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prefix {
+    /// The event is already stored.
+    Duplicate,
+    /// Not enough proof of work.
+    Pow,
+    /// The author or content is not accepted here.
+    Blocked,
+    /// Too much, too fast.
+    RateLimited,
+    /// The message or event is malformed or breaks a limit.
+    Invalid,
+    /// The relay failed.
+    Error,
+    /// Authenticate first (NIP-42).
+    AuthRequired,
+    /// Authenticated, but not allowed.
+    Restricted,
+}
+
+impl Prefix {
+    /// The prefix as written on the wire, without the colon.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Duplicate => "duplicate",
+            Self::Pow => "pow",
+            Self::Blocked => "blocked",
+            Self::RateLimited => "rate-limited",
+            Self::Invalid => "invalid",
+            Self::Error => "error",
+            Self::AuthRequired => "auth-required",
+            Self::Restricted => "restricted",
+        }
+    }
+}
+
+/// A refusal: prefix and human reason, written as `prefix: reason`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// The machine-readable part.
+    pub prefix: Prefix,
+    /// The human part.
+    pub reason: String,
+}
+
+impl Refusal {
+    /// A refusal with `prefix`.
+    pub fn new(prefix: Prefix, reason: impl Into<String>) -> Self {
+        Self {
+            prefix,
+            reason: reason.into(),
+        }
+    }
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.prefix.as_str(), self.reason)
+    }
+}
+
+/// The static write policy of the embedded relay (the per-connection rate limit lives in the
+/// session, which owns its token bucket).
 #[derive(Debug)]
 pub struct MarketPolicy {
     max_event_bytes: usize,
+    max_content_chars: usize,
     max_event_tags: usize,
+    max_future_secs: u64,
     allow_pubkeys: HashSet<PublicKey>,
     allow_kinds: HashSet<u16>,
     min_pow_job_requests: u8,
     exempt: HashSet<PublicKey>,
-    limiter: Mutex<TokenBuckets<SocketAddr>>,
 }
 
 impl MarketPolicy {
@@ -33,25 +93,32 @@ impl MarketPolicy {
     pub fn new(settings: &RelaySettings) -> Self {
         Self {
             max_event_bytes: settings.max_event_bytes,
+            max_content_chars: settings.max_content_chars,
             max_event_tags: settings.max_event_tags,
+            max_future_secs: settings.max_future_seconds,
             allow_pubkeys: settings.allow_pubkeys.iter().copied().collect(),
             allow_kinds: settings.allow_kinds.iter().copied().collect(),
             min_pow_job_requests: settings.min_pow_job_requests,
             exempt: settings.rate_limit_exempt.iter().copied().collect(),
-            limiter: Mutex::new(TokenBuckets::new(
-                f64::from(settings.events_per_second),
-                f64::from(settings.event_burst),
-            )),
         }
     }
 
-    /// Decides on one event from the connection at `addr`. `Err` holds the reason sent in `OK`.
-    pub fn check(&self, event: &Event, addr: SocketAddr, now: Instant) -> Result<(), String> {
-        if !self.exempt.contains(&event.pubkey) && !self.take_token(addr, now) {
-            return Err("rate-limited: slow down".into());
-        }
+    /// Whether `author`'s events skip the per-connection rate limit.
+    pub fn is_exempt(&self, author: &PublicKey) -> bool {
+        self.exempt.contains(author)
+    }
+
+    /// Decides on one (already signature-checked) event. `authed` are the keys the connection
+    /// authenticated as (NIP-42), which the allow-list also admits.
+    pub fn check(
+        &self,
+        event: &Event,
+        authed: &[PublicKey],
+        now: Timestamp,
+    ) -> Result<(), Refusal> {
+        let invalid = |m: String| Err(Refusal::new(Prefix::Invalid, m));
         if event.tags.len() > self.max_event_tags {
-            return Err(format!(
+            return invalid(format!(
                 "too many tags: {} (max {})",
                 event.tags.len(),
                 self.max_event_tags
@@ -59,58 +126,66 @@ impl MarketPolicy {
         }
         let size = event.as_json().len();
         if size > self.max_event_bytes {
-            return Err(format!(
+            return invalid(format!(
                 "event too large: {size} bytes (max {})",
                 self.max_event_bytes
             ));
         }
-        if !self.allow_pubkeys.is_empty() && !self.allow_pubkeys.contains(&event.pubkey) {
-            return Err("author not on this relay's allow-list".into());
+        // Counting characters only matters when the byte length could exceed the limit.
+        if event.content.len() > self.max_content_chars {
+            let chars = event.content.chars().count();
+            if chars > self.max_content_chars {
+                return invalid(format!(
+                    "content too long: {chars} characters (max {})",
+                    self.max_content_chars
+                ));
+            }
+        }
+        let ahead = event.created_at.as_secs().saturating_sub(now.as_secs());
+        if ahead > self.max_future_secs {
+            return invalid(format!(
+                "created_at is {ahead} s in the future (max {} s): check the clock",
+                self.max_future_secs
+            ));
+        }
+        if !self.allow_pubkeys.is_empty()
+            && !self.allow_pubkeys.contains(&event.pubkey)
+            && !authed.iter().any(|k| self.allow_pubkeys.contains(k))
+        {
+            return Err(Refusal::new(
+                if authed.is_empty() {
+                    Prefix::Blocked
+                } else {
+                    Prefix::Restricted
+                },
+                "author not on this relay's allow-list",
+            ));
         }
         let kind = event.kind.as_u16();
         if !self.allow_kinds.is_empty() && !self.allow_kinds.contains(&kind) {
-            return Err(format!("kind {kind} not accepted by this relay"));
+            return Err(Refusal::new(
+                Prefix::Blocked,
+                format!("kind {kind} not accepted by this relay"),
+            ));
         }
         if self.min_pow_job_requests > 0
             && (5000..=5999).contains(&kind)
             && !event.id.check_pow(self.min_pow_job_requests)
         {
-            return Err(format!(
-                "pow: job requests need NIP-13 difficulty {}",
-                self.min_pow_job_requests
+            return Err(Refusal::new(
+                Prefix::Pow,
+                format!(
+                    "job requests need NIP-13 difficulty {}",
+                    self.min_pow_job_requests
+                ),
             ));
         }
         Ok(())
-    }
-
-    fn take_token(&self, addr: SocketAddr, now: Instant) -> bool {
-        // A poisoned lock only means another thread panicked mid-update; the counts are still usable.
-        self.limiter
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take(addr, now)
-    }
-}
-
-impl WritePolicy for MarketPolicy {
-    fn admit_event<'a>(
-        &'a self,
-        event: &'a Event,
-        addr: &'a SocketAddr,
-    ) -> BoxedFuture<'a, PolicyResult> {
-        Box::pin(async move {
-            match self.check(event, *addr, Instant::now()) {
-                Ok(()) => PolicyResult::Accept,
-                Err(reason) => PolicyResult::Reject(reason),
-            }
-        })
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use nostr_sdk::{EventBuilder, Keys, Kind, Tag};
 
     use super::*;
@@ -125,75 +200,87 @@ mod tests {
             .expect("sign")
     }
 
-    const ADDR: &str = "127.0.0.1:5000";
-
-    #[test]
-    fn burst_then_steady_rate() {
-        let policy = MarketPolicy::new(&settings("events_per_second = 10\nevent_burst = 5"));
-        let keys = Keys::generate();
-        let ev = note(&keys, 1, "x");
-        let addr: SocketAddr = ADDR.parse().expect("addr");
-        let t0 = Instant::now();
-        for i in 0..5 {
-            assert!(policy.check(&ev, addr, t0).is_ok(), "burst event {i}");
-        }
-        let refused = policy.check(&ev, addr, t0).expect_err("bucket empty");
-        assert!(refused.starts_with("rate-limited"), "{refused}");
-        // Another connection has its own bucket.
-        let other: SocketAddr = "127.0.0.1:5001".parse().expect("addr");
-        assert!(policy.check(&ev, other, t0).is_ok());
-        // 100 ms at 10/s refills one token: a steady sender is never starved.
-        let mut t = t0;
-        for _ in 0..50 {
-            t += Duration::from_millis(100);
-            assert!(policy.check(&ev, addr, t).is_ok());
-        }
+    fn check(policy: &MarketPolicy, event: &Event) -> Result<(), Refusal> {
+        policy.check(event, &[], Timestamp::now())
     }
 
     #[test]
-    fn exempt_authors_skip_the_limit() {
+    fn exempt_authors_are_known() {
         let hub = Keys::generate();
         let policy = MarketPolicy::new(&settings(&format!(
-            "events_per_second = 1\nevent_burst = 1\nrate_limit_exempt = [\"{}\"]",
+            "rate_limit_exempt = [\"{}\"]",
             hub.public_key().to_hex()
         )));
-        let addr: SocketAddr = ADDR.parse().expect("addr");
-        let t = Instant::now();
-        for _ in 0..100 {
-            assert!(policy.check(&note(&hub, 1, "x"), addr, t).is_ok());
-        }
+        assert!(policy.is_exempt(&hub.public_key()));
+        assert!(!policy.is_exempt(&Keys::generate().public_key()));
     }
 
     #[test]
-    fn size_tags_allow_lists_and_pow() {
+    fn size_tags_content_and_future_dates() {
         let keys = Keys::generate();
-        let addr: SocketAddr = ADDR.parse().expect("addr");
-        let t = Instant::now();
-        let policy = MarketPolicy::new(&settings("max_event_tags = 3"));
+        let policy = MarketPolicy::new(&settings("max_event_tags = 3\nmax_content_chars = 200000"));
         let big = note(&keys, 1, &"a".repeat(600 * 1024));
-        assert!(policy
-            .check(&big, addr, t)
-            .expect_err("big")
-            .contains("too large"));
+        let refused = check(&policy, &big).expect_err("big");
+        assert_eq!(refused.prefix, Prefix::Invalid);
+        assert!(refused.reason.contains("too large"), "{refused}");
+        // 300,000 bytes but 100,000 characters: content is measured in characters.
+        let wide = note(&keys, 1, &"\u{20ac}".repeat(100_000));
+        assert!(check(&policy, &wide).is_ok());
+        let long = note(&keys, 1, &"a".repeat(200_001));
+        let refused = check(&policy, &long).expect_err("long");
+        assert!(
+            refused.to_string().starts_with("invalid: content too long"),
+            "{refused}"
+        );
         let tagged = EventBuilder::new(Kind::from(1), "")
             .tags((0..4).map(|i| Tag::hashtag(format!("t{i}"))))
             .sign_with_keys(&keys)
             .expect("sign");
-        assert!(policy
-            .check(&tagged, addr, t)
+        assert!(check(&policy, &tagged)
             .expect_err("tags")
+            .reason
             .contains("too many tags"));
 
+        let now = Timestamp::now().as_secs();
+        let dated = |at: u64| {
+            EventBuilder::new(Kind::from(1), "later")
+                .custom_created_at(Timestamp::from(at))
+                .sign_with_keys(&keys)
+                .expect("sign")
+        };
+        assert!(
+            check(&policy, &dated(now + 600)).is_ok(),
+            "10 min of clock skew"
+        );
+        let refused = check(&policy, &dated(now + 3600)).expect_err("an hour ahead");
+        assert_eq!(refused.prefix, Prefix::Invalid);
+        assert!(refused.reason.contains("future"), "{refused}");
+        assert!(check(&policy, &dated(u64::MAX)).is_err(), "the end of time");
+    }
+
+    #[test]
+    fn allow_lists_and_pow() {
+        let keys = Keys::generate();
         let other = Keys::generate();
         let policy = MarketPolicy::new(&settings(&format!(
             "allow_pubkeys = [\"{}\"]\nallow_kinds = [1, 5960]",
             keys.public_key().to_hex()
         )));
-        assert!(policy.check(&note(&keys, 1, "ok"), addr, t).is_ok());
-        assert!(policy.check(&note(&other, 1, "no"), addr, t).is_err());
+        assert!(check(&policy, &note(&keys, 1, "ok")).is_ok());
+        let refused = check(&policy, &note(&other, 1, "no")).expect_err("not listed");
+        assert_eq!(refused.prefix, Prefix::Blocked);
+        // A connection authenticated as a listed key may publish others' events (e.g. a hub's).
+        let now = Timestamp::now();
         assert!(policy
-            .check(&note(&keys, 7, "no"), addr, t)
+            .check(&note(&other, 1, "relayed"), &[keys.public_key()], now)
+            .is_ok());
+        let refused = policy
+            .check(&note(&other, 1, "no"), &[other.public_key()], now)
+            .expect_err("authenticated, not listed");
+        assert_eq!(refused.prefix, Prefix::Restricted);
+        assert!(check(&policy, &note(&keys, 7, "no"))
             .expect_err("kind")
+            .reason
             .contains("kind 7"));
 
         let policy = MarketPolicy::new(&settings("min_pow_job_requests = 8"));
@@ -201,14 +288,14 @@ mod tests {
             .map(|i| note(&keys, 5960, &format!("job {i}")))
             .find(|e| !e.id.check_pow(8))
             .expect("an event without work");
-        let refused = policy.check(&unmined, addr, t).expect_err("no work");
-        assert!(refused.starts_with("pow:"), "{refused}");
+        let refused = check(&policy, &unmined).expect_err("no work");
+        assert!(refused.to_string().starts_with("pow: "), "{refused}");
         let mined = EventBuilder::new(Kind::from(5960), "job")
             .pow(8)
             .sign_with_keys(&keys)
             .expect("sign");
-        assert!(policy.check(&mined, addr, t).is_ok());
+        assert!(check(&policy, &mined).is_ok());
         // Non-job kinds need no work.
-        assert!(policy.check(&note(&keys, 1, "chat"), addr, t).is_ok());
+        assert!(check(&policy, &note(&keys, 1, "chat")).is_ok());
     }
 }

@@ -1,8 +1,14 @@
-//! The embedded relay: nostr-relay-builder's `LocalRelay` on an LMDB store, behind our own axum
-//! listener so one port serves both the NIP-11 document (with CORS) and the WebSocket protocol.
+//! The embedded relay: our NIP-01 sessions over an LMDB store, behind an axum listener so one
+//! port serves both the NIP-11 document (with CORS) and the WebSocket protocol.
 //!
-//! Our listener also sets TCP_NODELAY on every connection: without it, two small frames in a row
-//! wait for a delayed ACK (~40 ms on loopback), which dominated a job's round trip when measured.
+//! The listener sets TCP_NODELAY on every connection (without it, two small frames in a row wait
+//! for a delayed ACK, ~40 ms on loopback), refuses upgrades beyond the connection cap with HTTP
+//! 503 before any handshake, and gives each WebSocket the advertised message limit, which
+//! tungstenite checks on a frame's header — a 40 MiB frame is refused before it is read.
+//!
+//! The sessions are ours ([`super::session`]) rather than nostr-relay-builder's `LocalRelay`,
+//! which dropped connections on malformed JSON without a word, lost live events for a lagging
+//! subscriber silently, read whole oversized messages, and ran queries on the async workers.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -16,18 +22,25 @@ use axum::serve::ListenerExt;
 use axum::Router;
 use hyper_util::rt::TokioIo;
 use nostr_lmdb::NostrLMDB;
-use nostr_relay_builder::builder::RateLimit;
-use nostr_relay_builder::{LocalRelay, RelayBuilder};
 use nostr_sdk::prelude::NostrDatabase;
 use nostr_sdk::{Filter, RelayUrl, Timestamp};
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::WebSocketStream;
 
+use super::engine::Engine;
 use super::nip11;
-use super::policy::MarketPolicy;
+use super::session::{self, Peer};
 use super::settings::RelaySettings;
+
+/// Bytes read from a socket at a time. tungstenite's default (128 KiB) was most of an idle
+/// connection's memory; large messages still arrive whole, in more reads.
+const READ_BUFFER: usize = 8 * 1024;
+/// Bytes buffered before a write reaches the socket (we flush after every batch anyway).
+const WRITE_BUFFER: usize = 32 * 1024;
 
 /// Errors starting the embedded relay.
 #[derive(Debug, thiserror::Error)]
@@ -45,16 +58,20 @@ pub enum RelayError {
 pub struct EmbeddedRelay {
     addr: SocketAddr,
     data_dir: PathBuf,
-    local: LocalRelay,
     stop: Option<oneshot::Sender<()>>,
+    sessions_stop: watch::Sender<bool>,
     server: Option<JoinHandle<()>>,
     sweeper: JoinHandle<()>,
 }
 
 #[derive(Clone)]
 struct FrontState {
-    local: LocalRelay,
+    engine: Arc<Engine>,
     nip11: Arc<String>,
+    connections: Arc<Semaphore>,
+    max_connections: usize,
+    ws_config: WebSocketConfig,
+    stop: watch::Receiver<bool>,
 }
 
 impl EmbeddedRelay {
@@ -75,22 +92,18 @@ impl EmbeddedRelay {
 
         let store: Arc<dyn NostrDatabase> = Arc::new(store);
         let sweeper = tokio::spawn(sweep_expired(store.clone()));
-        let builder = RelayBuilder::default()
-            .database(store)
-            // Our MarketPolicy does the rate limiting; see policy.rs for why.
-            .rate_limit(RateLimit {
-                max_reqs: settings.max_subscriptions,
-                notes_per_minute: u32::MAX,
-            })
-            .max_connections(settings.max_connections)
-            .max_filter_limit(settings.max_filter_limit)
-            .default_filter_limit(settings.default_filter_limit)
-            .write_policy(MarketPolicy::new(settings));
-        let local = LocalRelay::new(builder);
-
+        let (sessions_stop, stop_rx) = watch::channel(false);
         let state = FrontState {
-            local: local.clone(),
+            engine: Arc::new(Engine::new(store, settings)),
             nip11: Arc::new(nip11::document(settings).to_string()),
+            connections: Arc::new(Semaphore::new(settings.max_connections)),
+            max_connections: settings.max_connections,
+            ws_config: WebSocketConfig::default()
+                .max_message_size(Some(settings.max_message_bytes))
+                .max_frame_size(Some(settings.max_message_bytes))
+                .read_buffer_size(READ_BUFFER)
+                .write_buffer_size(WRITE_BUFFER),
+            stop: stop_rx,
         };
         let app = Router::new().fallback(front).with_state(state);
         let (stop, stopped) = oneshot::channel::<()>();
@@ -115,8 +128,8 @@ impl EmbeddedRelay {
         Ok(Self {
             addr,
             data_dir: data_dir.to_path_buf(),
-            local,
             stop: Some(stop),
+            sessions_stop,
             server: Some(server),
             sweeper,
         })
@@ -152,7 +165,7 @@ impl EmbeddedRelay {
             let _ = stop.send(());
         }
         self.sweeper.abort();
-        self.local.shutdown();
+        let _ = self.sessions_stop.send(true);
     }
 }
 
@@ -202,7 +215,7 @@ async fn front(
         return with_cors(StatusCode::NO_CONTENT.into_response());
     }
     if wants_websocket(headers) {
-        return upgrade(state.local, peer, &mut req);
+        return upgrade(state, peer, &mut req);
     }
     if accepts_nostr_json(headers) {
         let mut resp = (StatusCode::OK, state.nip11.as_str().to_owned()).into_response();
@@ -239,7 +252,7 @@ fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) 
         .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
-fn upgrade(local: LocalRelay, peer: SocketAddr, req: &mut Request) -> Response {
+fn upgrade(state: FrontState, peer: SocketAddr, req: &mut Request) -> Response {
     let headers = req.headers();
     if headers
         .get(header::SEC_WEBSOCKET_VERSION)
@@ -259,15 +272,38 @@ fn upgrade(local: LocalRelay, peer: SocketAddr, req: &mut Request) -> Response {
     let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
         return (StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key\n").into_response();
     };
+    // Refused before the handshake, so the client sees why instead of a dropped socket.
+    let Ok(permit) = state.connections.clone().try_acquire_owned() else {
+        tracing::warn!(%peer, max = state.max_connections, "relay full: upgrade refused");
+        let mut resp = (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "relay full: {} connections; retry later\n",
+                state.max_connections
+            ),
+        )
+            .into_response();
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        return resp;
+    };
     let accept = derive_accept_key(key.as_bytes());
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned);
     let on_upgrade = hyper::upgrade::on(req);
     tokio::spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => {
-                if let Err(e) = local.take_connection(TokioIo::new(upgraded), peer).await {
-                    // Includes clients sending malformed JSON: LocalRelay drops those connections.
-                    tracing::debug!(%peer, "relay session ended: {e}");
-                }
+                let ws = WebSocketStream::from_raw_socket(
+                    TokioIo::new(upgraded),
+                    Role::Server,
+                    Some(state.ws_config),
+                )
+                .await;
+                let peer = Peer { addr: peer, host };
+                session::run(state.engine, ws, peer, state.stop, permit).await;
             }
             Err(e) => tracing::debug!(%peer, "websocket upgrade failed: {e}"),
         }

@@ -32,6 +32,8 @@ pub struct RelaySettings {
     pub description: String,
     /// Largest event, bytes of JSON.
     pub max_event_bytes: usize,
+    /// Largest event content, in characters.
+    pub max_content_chars: usize,
     /// Largest WebSocket message.
     pub max_message_bytes: usize,
     /// Most tags per event.
@@ -49,8 +51,20 @@ pub struct RelaySettings {
     pub max_filter_limit: usize,
     /// Limit for filters without one.
     pub default_filter_limit: usize,
+    /// Most filters in one REQ or COUNT.
+    pub max_filters: usize,
+    /// Longest subscription id, in characters.
+    pub max_subid_length: usize,
+    /// Threads running stored-event queries at once (0: half the cores).
+    pub query_threads: usize,
+    /// How far in the future an event's `created_at` may be, in seconds.
+    pub max_future_seconds: u64,
+    /// Live events a subscriber may fall behind by before its subscriptions are closed.
+    pub live_buffer_events: usize,
     /// Simultaneous connections.
     pub max_connections: usize,
+    /// NIP-42 authentication mode.
+    pub auth: AuthMode,
     /// If non-empty, the only accepted authors.
     #[serde(deserialize_with = "pubkeys", serialize_with = "pubkeys_hex")]
     pub allow_pubkeys: Vec<PublicKey>,
@@ -58,6 +72,31 @@ pub struct RelaySettings {
     pub allow_kinds: Vec<u16>,
     /// NIP-13 difficulty required of job requests (kinds 5000–5999).
     pub min_pow_job_requests: u8,
+}
+
+/// When the relay asks clients to authenticate (NIP-42).
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// Never required (a challenge is still sent when a protected event needs it).
+    #[default]
+    Off,
+    /// Publishing needs an authenticated connection.
+    Writes,
+    /// Publishing, REQ and COUNT need an authenticated connection.
+    Required,
+}
+
+impl AuthMode {
+    /// Whether publishing needs AUTH.
+    pub fn for_writes(self) -> bool {
+        matches!(self, Self::Writes | Self::Required)
+    }
+
+    /// Whether reading needs AUTH.
+    pub fn for_reads(self) -> bool {
+        matches!(self, Self::Required)
+    }
 }
 
 impl Default for RelaySettings {
@@ -103,7 +142,27 @@ impl RelaySettings {
         if self.default_filter_limit > self.max_filter_limit {
             return fail("default_filter_limit must not exceed max_filter_limit".into());
         }
+        if self.max_filters == 0 || self.max_subid_length == 0 || self.max_content_chars == 0 {
+            return fail(
+                "max_filters, max_subid_length and max_content_chars must be at least 1".into(),
+            );
+        }
+        if self.live_buffer_events < 16 {
+            return fail(format!(
+                "live_buffer_events = {} is below 16: every subscriber would be closed as too slow",
+                self.live_buffer_events
+            ));
+        }
         Ok(())
+    }
+
+    /// Threads that may run stored-event queries at once.
+    pub fn query_threads(&self) -> usize {
+        if self.query_threads > 0 {
+            return self.query_threads;
+        }
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        (cores / 2).max(1)
     }
 }
 

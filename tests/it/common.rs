@@ -242,6 +242,27 @@ impl RawClient {
             .expect("send");
     }
 
+    /// Sends any frame, e.g. binary or a hand-made one.
+    pub async fn send_raw(&mut self, msg: Message) {
+        self.ws.send(msg).await.expect("send");
+    }
+
+    /// Reads until the relay closes; its close code, if it sent a close frame within 5 s.
+    pub async fn close_code(
+        &mut self,
+    ) -> Option<tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode> {
+        loop {
+            let next = tokio::time::timeout(Duration::from_secs(5), self.ws.next())
+                .await
+                .ok()??;
+            match next {
+                Ok(Message::Close(frame)) => return frame.map(|f| f.code),
+                Ok(_) => continue,
+                Err(_) => return None,
+            }
+        }
+    }
+
     /// The next text message as JSON, or `None` if nothing came within `wait` or the socket closed.
     pub async fn recv_within(&mut self, wait: Duration) -> Option<Value> {
         loop {

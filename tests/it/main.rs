@@ -14,6 +14,7 @@ mod money_drill;
 mod paid_once;
 mod provider_safety;
 mod quality;
+mod relay_hardening;
 mod relay_process;
 mod relay_protocol;
 mod repomap;
