@@ -16,6 +16,7 @@ mod provider_safety;
 mod quality;
 mod relay_process;
 mod relay_protocol;
+mod relay_store;
 mod repomap;
 mod secrets;
 mod textgen;
