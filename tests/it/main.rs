@@ -17,6 +17,7 @@ mod quality;
 mod relay_hardening;
 mod relay_process;
 mod relay_protocol;
+mod relay_store;
 mod repomap;
 mod secrets;
 mod textgen;
