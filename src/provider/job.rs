@@ -75,6 +75,7 @@ pub(super) async fn handle(s: Arc<Shared>, event: Event) {
         s: &s,
         event: &event,
         request: &request,
+        credit: std::sync::Mutex::new(None),
     };
     if s.draining.load(Ordering::SeqCst) {
         return job
@@ -117,8 +118,11 @@ pub(super) async fn handle(s: Arc<Shared>, event: Event) {
         return job.fail(code, &why).await;
     }
     let (pay_first, credit) = super::terms::decide(&s, &request);
+    if let Ok(mut slot) = job.credit.lock() {
+        *slot = credit;
+    }
     job.run(price, pay_first).await;
-    drop(credit);
+    drop(job);
     if let Ok(mut b) = s.buyers.lock() {
         b.release(&request.buyer);
     }
@@ -140,6 +144,9 @@ pub(super) struct Job<'a> {
     pub(super) s: &'a Arc<Shared>,
     pub(super) event: &'a Event,
     pub(super) request: &'a JobRequest,
+    /// The credit slot of an unproven buyer's job, until its invoice is outstanding (then the
+    /// invoice counts against the buyer instead; both at once would count the job twice).
+    pub(super) credit: std::sync::Mutex<Option<super::terms::CreditHold>>,
 }
 
 impl Job<'_> {
@@ -324,15 +331,21 @@ impl Job<'_> {
         // settlement watcher needs the result's id for the receipt (and must not be overtaken).
         let digest = sha256::Hash::hash(output.content.as_bytes()).to_string();
         let prepaid = matches!(payment, Payment::Prepaid { .. });
-        self.update(&[
-            Set::Result(result.id.to_hex(), digest, output.content.len() as u64),
-            Set::Time(Stamp::Published, now_ms()),
-            Set::State(if prepaid {
-                JobState::Paid
-            } else {
-                JobState::Result
-            }),
-        ]);
+        let record = || {
+            self.update(&[
+                Set::Result(result.id.to_hex(), digest, output.content.len() as u64),
+                Set::Time(Stamp::Published, now_ms()),
+                Set::State(if prepaid {
+                    JobState::Paid
+                } else {
+                    JobState::Result
+                }),
+            ])
+        };
+        match self.credit.lock().ok().and_then(|mut c| c.take()) {
+            Some(hold) => hold.hand_over_to_invoice(record),
+            None => record(),
+        }
         let preimage = match payment {
             Payment::Later => {
                 settle::expect(s, &hash, &self.id(), None);

@@ -45,10 +45,29 @@ pub(super) enum Payment {
 pub(super) struct CreditHold {
     s: Arc<Shared>,
     buyer: PublicKey,
+    released: bool,
+}
+
+impl CreditHold {
+    /// Records the job's invoice as outstanding (`record`) and releases the slot under one lock,
+    /// so a job decided meanwhile never sees this job counted both running and invoiced.
+    pub(super) fn hand_over_to_invoice(mut self, record: impl FnOnce()) {
+        match self.s.credit.lock() {
+            Ok(mut c) => {
+                record();
+                c.release(&self.buyer);
+                self.released = true;
+            }
+            Err(_) => record(),
+        }
+    }
 }
 
 impl Drop for CreditHold {
     fn drop(&mut self) {
+        if self.released {
+            return;
+        }
         if let Ok(mut c) = self.s.credit.lock() {
             c.release(&self.buyer);
         }
@@ -82,6 +101,7 @@ pub(super) fn decide(s: &Arc<Shared>, request: &JobRequest) -> (PayFirst, Option
             Some(CreditHold {
                 s: s.clone(),
                 buyer: request.buyer,
+                released: false,
             }),
         ),
         Terms::PayFirst => (PayFirst::Unproven, None),

@@ -39,6 +39,8 @@ use crate::ratelimit::TokenBucket;
 const LIVE_BATCH: usize = 256;
 /// Messages already waiting that are read and answered together.
 const READ_BATCH: usize = 128;
+/// A REQ answered slower than this is logged (with its filters) for the operator.
+const SLOW_QUERY: Duration = Duration::from_millis(250);
 /// How long the goodbye (NOTICE and close frame) may take to a client that does not read.
 const GOODBYE: Duration = Duration::from_secs(1);
 
@@ -417,6 +419,7 @@ impl Session {
 
     async fn on_req(&mut self, id: SubscriptionId, mut filters: Vec<Filter>) -> Vec<String> {
         if let Some(refusal) = self.admit_query(&id, &filters) {
+            tracing::debug!(peer = %self.peer.addr, sub = %id, ?refusal, "REQ refused");
             return refusal;
         }
         let max = self.engine.limits.max_subscriptions;
@@ -437,7 +440,20 @@ impl Session {
         let id_json = wire::id_json(&id);
         self.engine.clamp(&mut filters);
         let live_filters = filters.clone();
-        match self.engine.query(id_json.clone(), filters).await {
+        let started = Instant::now();
+        let answer = self.engine.query(id_json.clone(), filters).await;
+        let took = started.elapsed();
+        if took > SLOW_QUERY {
+            tracing::info!(
+                peer = %self.peer.addr,
+                sub = %id,
+                ms = took.as_millis() as u64,
+                events = answer.as_ref().map_or(0, Vec::len),
+                filters = ?live_filters,
+                "slow REQ"
+            );
+        }
+        match answer {
             Ok(mut out) => {
                 out.push(wire::eose(id.as_str()));
                 self.subs.insert(

@@ -55,7 +55,7 @@ pub struct RelaySettings {
     pub max_filters: usize,
     /// Longest subscription id, in characters.
     pub max_subid_length: usize,
-    /// Threads running stored-event queries at once (0: half the cores).
+    /// Threads running stored-event queries at once (0: one per core, at least two).
     pub query_threads: usize,
     /// How far in the future an event's `created_at` may be, in seconds.
     pub max_future_seconds: u64,
@@ -161,8 +161,7 @@ impl RelaySettings {
         if self.query_threads > 0 {
             return self.query_threads;
         }
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        (cores / 2).max(1)
+        std::thread::available_parallelism().map_or(2, |n| n.get().max(2))
     }
 }
 

@@ -542,3 +542,71 @@ async fn raw_upgrade(addr: std::net::SocketAddr) -> tokio::net::TcpStream {
     );
     tcp
 }
+
+/// The relay process's peak resident memory, in KiB (VmHWM).
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM")
+}
+
+#[tokio::test]
+async fn sixteen_clients_sending_60_mib_each_cannot_inflate_the_relay() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let relay = crate::common::RelayProcess::start(dir.path(), &dir.path().join("store"));
+    let pid = relay.process.child.id();
+    let addr: std::net::SocketAddr = relay
+        .url
+        .trim_start_matches("ws://")
+        .trim_end_matches('/')
+        .parse()
+        .expect("addr");
+    let before = peak_rss_kib(pid);
+    // Each client sends one 60 MiB text message as 120 fragments of 512 KiB (each frame under
+    // the 1 MiB limit, so only the message total can stop it).
+    let clients = (0..16).map(|_| {
+        tokio::spawn(async move {
+            let mut tcp = raw_upgrade(addr).await;
+            let chunk = vec![b'x'; 512 * 1024];
+            let mut sent = 0usize;
+            for i in 0..120 {
+                let opcode: u8 = if i == 0 { 0x1 } else { 0x0 };
+                let fin: u8 = if i == 119 { 0x80 } else { 0 };
+                let mut frame = vec![fin | opcode, 0x80 | 127];
+                frame.extend_from_slice(&(chunk.len() as u64).to_be_bytes());
+                frame.extend_from_slice(&[0, 0, 0, 0]); // a zero mask leaves the payload as is
+                frame.extend_from_slice(&chunk);
+                if tcp.write_all(&frame).await.is_err() {
+                    break;
+                }
+                sent += chunk.len();
+            }
+            sent
+        })
+    });
+    let mut sent = Vec::new();
+    for c in clients {
+        sent.push(
+            tokio::time::timeout(Duration::from_secs(60), c)
+                .await
+                .expect("in time")
+                .expect("client"),
+        );
+    }
+    let after = peak_rss_kib(pid);
+    assert!(
+        sent.iter().all(|&s| s < 60 * 1024 * 1024),
+        "the relay stopped reading every one of them: {sent:?}"
+    );
+    // 16 × 60 MiB would be 960 MiB; the limit keeps each to about one 1 MiB message.
+    assert!(
+        after < before + 128 * 1024,
+        "peak RSS grew from {before} KiB to {after} KiB"
+    );
+    // And it still serves.
+    let mut c = RawClient::connect(&relay.url).await;
+    still_serves(&mut c).await;
+}
