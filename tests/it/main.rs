@@ -17,6 +17,7 @@ mod quality;
 mod relay_process;
 mod relay_protocol;
 mod repomap;
+mod resubscribe;
 mod secrets;
 mod textgen;
 mod trust;
