@@ -59,12 +59,10 @@ pub async fn measure(
     let keys = Keys::generate();
     let run_tag = Tag::hashtag(format!("bench-{}", rand::random::<u64>()));
     subscriber
-        .sdk()
         .subscribe(
             Filter::new()
                 .kind(Kind::from(PROBE_KIND))
                 .author(keys.public_key()),
-            None,
         )
         .await?;
     let mut notes = subscriber.notifications();

@@ -174,15 +174,12 @@ impl Buyer {
         let router = tokio::spawn(route(notes, routes.clone()));
         // Everything addressed to this buyer; the router keeps feedback, results and receipts.
         relay
-            .sdk()
             .subscribe(
                 Filter::new()
                     .pubkey(keys.public_key())
                     .since(Timestamp::now() - 5),
-                None,
             )
-            .await
-            .map_err(crate::relay::client::ClientError::from)?;
+            .await?;
         Ok(Self {
             keys,
             relay,

@@ -81,11 +81,7 @@ pub async fn start(service: Service, client: Arc<MarketClient>) -> Result<Runnin
     let filter = Filter::new()
         .kind(kinds::NWC_REQUEST)
         .pubkey(service.public_key());
-    client
-        .sdk()
-        .subscribe(filter, None)
-        .await
-        .map_err(crate::relay::client::ClientError::from)?;
+    client.subscribe(filter).await?;
     let (stop, stopped) = oneshot::channel();
     let task = tokio::spawn(run(service.clone(), client, stopped));
     tracing::info!(hub = %service.public_key(), "hub answering NIP-47 requests");

@@ -336,10 +336,8 @@ impl Node {
             .collect();
         shared
             .relay
-            .sdk()
-            .subscribe(Filter::new().kinds(kinds).since(Timestamp::now()), None)
-            .await
-            .map_err(crate::relay::client::ClientError::from)?;
+            .subscribe(Filter::new().kinds(kinds).since(Timestamp::now()))
+            .await?;
         shared.heartbeat(true).await;
 
         let (stop, stopped) = watch::channel(false);

@@ -1,27 +1,43 @@
 //! The client layer every role uses to reach the market: a nostr-sdk pool over the configured
-//! relays, with two rules the market depends on.
+//! relays, with three rules the market depends on.
 //!
 //! - **Fallback.** A long-running role whose relays are all unreachable starts the embedded relay
 //!   in-process and uses it, so the market keeps running offline or when a public relay is down.
 //!   A one-shot command instead fails fast with a message that says how to start a relay.
 //! - **Ephemeral events are fire-and-forget.** Some relays (nostr-rs-relay 0.8) never send `OK`
 //!   for kinds 20000–29999; waiting for it would stall every wallet call for 10 s.
+//! - **Subscriptions heal.** A relay may drop a subscriber that falls too far behind its live
+//!   stream, saying `["CLOSED", id, "error: subscriber too slow; re-subscribe with since"]`.
+//!   nostr-sdk 0.44 then forgets the subscription on that relay (it removes every subscription
+//!   closed with `error:`, and never re-sends it, not even on reconnect), so a role would go
+//!   deaf without a word. Roles therefore subscribe through [`MarketClient::subscribe`], which
+//!   records the filters; a watcher task per client re-sends the REQ to that relay with the same
+//!   id and `since` = the newest `created_at` it delivered, then pages the missed stored events
+//!   backwards with `until` so the roles receive every one of them through
+//!   [`MarketClient::notifications`] (once each: nostr-sdk drops ids its database has seen).
+//!   `rate-limited:` closes are retried after a back-off; other reasons (`blocked:`, …) are
+//!   final. Retries back off and stop after a streak; a catch-up reads at most a bounded number
+//!   of pages. Details in `client/resub.rs`.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use nostr_sdk::prelude::Events;
 use nostr_sdk::{
     Client, ClientMessage, ClientOptions, Event, EventId, Filter, Keys, RelayOptions,
-    RelayPoolNotification, RelayPoolOptions, RelayUrl,
+    RelayPoolNotification, RelayPoolOptions, RelayUrl, SubscribeOptions, SubscriptionId,
 };
 use serde::Serialize;
 use tokio::sync::broadcast;
+use tokio::task::JoinHandle;
 
 use super::server::{EmbeddedRelay, RelayError};
 use super::settings::RelaySettings;
 use super::transport::NoDelayTransport;
+
+mod resub;
 
 /// How long a publish may wait for room in a full outgoing queue.
 const PUBLISH_BACKPRESSURE: Duration = Duration::from_secs(10);
@@ -52,6 +68,20 @@ pub const WALLET_NOTIFICATION_BUFFER: Buffers = Buffers {
     pool: 256,
     relay: Some(128),
 };
+
+/// nostr-sdk's room per relay channel when [`Buffers::relay`] is `None`.
+const SDK_RELAY_CHANNEL: usize = 2048;
+
+impl Buffers {
+    /// Events per catch-up page after a too-slow close. A page arrives in one burst through both
+    /// channels: larger than half of either, it could overrun a role reading the pool channel,
+    /// and nostr-sdk ends a fetch early (as if complete) when its relay channel lags. So a hub
+    /// pages 1,024 at a time, a node 128, a wallet 64.
+    fn catch_up_page(self) -> usize {
+        let room = self.pool.min(self.relay.unwrap_or(SDK_RELAY_CHANNEL));
+        (room / 2).clamp(50, 2_000)
+    }
+}
 
 async fn add_relay(client: &Client, url: &RelayUrl, buffers: Buffers) -> Result<(), ClientError> {
     match buffers.relay {
@@ -133,6 +163,16 @@ pub struct MarketClient {
     client: Client,
     fallback: Option<FallbackInfo>,
     embedded: Option<EmbeddedRelay>,
+    /// Subscriptions to keep alive (see the module documentation).
+    subscriptions: Arc<resub::Registry>,
+    /// The watcher that keeps them alive; aborted on shutdown and drop.
+    healer: JoinHandle<()>,
+}
+
+impl Drop for MarketClient {
+    fn drop(&mut self) {
+        self.healer.abort();
+    }
 }
 
 impl MarketClient {
@@ -169,11 +209,7 @@ impl MarketClient {
         if !output.success.is_empty() {
             // Keep retrying the ones that failed, in the background.
             client.connect().await;
-            return Ok(Self {
-                client,
-                fallback: None,
-                embedded: None,
-            });
+            return Ok(Self::assemble(client, None, None, buffers));
         }
         let reason = describe_failures(relays, &output.failed);
         match when_unreachable {
@@ -224,16 +260,74 @@ impl MarketClient {
             info.reason,
             info.url
         );
-        Ok(Self {
-            client,
-            fallback: Some(info),
-            embedded,
-        })
+        Ok(Self::assemble(client, Some(info), embedded, buffers))
     }
 
-    /// The underlying nostr-sdk client, for subscriptions.
+    /// Wraps a connected `client` and starts its subscription watcher (before any REQ, so it
+    /// sees every `CLOSED`).
+    fn assemble(
+        client: Client,
+        fallback: Option<FallbackInfo>,
+        embedded: Option<EmbeddedRelay>,
+        buffers: Buffers,
+    ) -> Self {
+        let subscriptions = Arc::new(resub::Registry::default());
+        let healer = resub::spawn(
+            client.clone(),
+            subscriptions.clone(),
+            client.notifications(),
+            buffers.catch_up_page(),
+        );
+        Self {
+            client,
+            fallback,
+            embedded,
+            subscriptions,
+            healer,
+        }
+    }
+
+    /// The underlying nostr-sdk client. Subscribe through [`subscribe`](Self::subscribe)
+    /// instead of its `subscribe`, or a relay's too-slow close silently ends the subscription.
     pub fn sdk(&self) -> &Client {
         &self.client
+    }
+
+    /// Subscribes every relay in the pool to `filter` and keeps the subscription alive across
+    /// too-slow and rate-limited closes (see the module documentation). Its events arrive
+    /// through [`notifications`](Self::notifications).
+    pub async fn subscribe(&self, filter: Filter) -> Result<SubscriptionId, ClientError> {
+        let id = SubscriptionId::generate();
+        self.subscribe_with_id(id.clone(), vec![filter]).await?;
+        Ok(id)
+    }
+
+    /// [`subscribe`](Self::subscribe) with a chosen id and several filters (one REQ, filters
+    /// OR-ed). Subscribing again with the same id replaces the filters.
+    pub async fn subscribe_with_id(
+        &self,
+        id: SubscriptionId,
+        filters: Vec<Filter>,
+    ) -> Result<(), ClientError> {
+        // Recorded before the REQ leaves, so a CLOSED that answers it finds the record.
+        self.subscriptions.record(id.clone(), filters.clone());
+        let sent = self
+            .client
+            .pool()
+            .subscribe_with_id(id.clone(), filters, SubscribeOptions::default())
+            .await;
+        if let Err(e) = sent {
+            self.subscriptions.forget(&id);
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    /// Ends subscription `id` on every relay and stops keeping it alive.
+    pub async fn unsubscribe(&self, id: &SubscriptionId) {
+        // Forgotten first, so the CLOSED a relay may send in reply is not taken for a close.
+        self.subscriptions.forget(id);
+        self.client.unsubscribe(id).await;
     }
 
     /// Set when running on the embedded relay because the configured ones were unreachable.
@@ -318,6 +412,8 @@ impl MarketClient {
 
     /// Disconnects, and stops the embedded relay if this client started it.
     pub async fn shutdown(mut self) {
+        self.subscriptions.clear();
+        self.healer.abort();
         close(&self.client).await;
         if let Some(relay) = self.embedded.take() {
             relay.shutdown().await;

@@ -61,10 +61,7 @@ impl LiveStats {
         let collector = Arc::new(RwLock::new(Collector::new(window)));
         let notes = client.notifications();
         let now = Timestamp::now();
-        client
-            .sdk()
-            .subscribe(market_filter().since(now), None)
-            .await?;
+        client.subscribe(market_filter().since(now)).await?;
         let task = tokio::spawn(follow(notes, collector.clone()));
         let since = Timestamp::from(now.as_secs().saturating_sub(window.as_secs()));
         let mut until = now;

@@ -211,11 +211,7 @@ impl NwcWallet {
             .kinds([kinds::NWC_RESPONSE, notification_kind])
             .author(uri.public_key)
             .pubkey(keys.public_key());
-        relay
-            .sdk()
-            .subscribe(filter, None)
-            .await
-            .map_err(crate::relay::client::ClientError::from)?;
+        relay.subscribe(filter).await?;
         // Readers poll as well, so a short buffer is enough (each slot is allocated up front).
         let (notify, _) = broadcast::channel(128);
         let inner = Arc::new(Inner {

@@ -19,6 +19,7 @@ mod relay_process;
 mod relay_protocol;
 mod relay_store;
 mod repomap;
+mod resubscribe;
 mod secrets;
 mod textgen;
 mod trust;
