@@ -610,3 +610,124 @@ async fn sixteen_clients_sending_60_mib_each_cannot_inflate_the_relay() {
     let mut c = RawClient::connect(&relay.url).await;
     still_serves(&mut c).await;
 }
+
+/// A TCP proxy whose relay→client direction can be paused: a client that stops reading, as a
+/// slow reader does, while its own client code keeps running.
+struct StallProxy {
+    addr: std::net::SocketAddr,
+    paused: tokio::sync::watch::Sender<bool>,
+}
+
+impl StallProxy {
+    async fn start(upstream: std::net::SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (paused, gate) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(relay) = tokio::net::TcpStream::connect(upstream).await else {
+                    continue;
+                };
+                let (mut cr, mut cw) = client.into_split();
+                let (mut rr, mut rw) = relay.into_split();
+                tokio::spawn(async move { tokio::io::copy(&mut cr, &mut rw).await });
+                let mut gate = gate.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    loop {
+                        while *gate.borrow() {
+                            if gate.changed().await.is_err() {
+                                return;
+                            }
+                        }
+                        match rr.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => {
+                                if cw.write_all(&buf[..n]).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        Self { addr, paused }
+    }
+
+    fn url(&self) -> RelayUrl {
+        RelayUrl::parse(&format!("ws://{}", self.addr)).expect("url")
+    }
+
+    fn pause(&self, on: bool) {
+        let _ = self.paused.send(on);
+    }
+}
+
+#[tokio::test]
+async fn a_stalled_pylon_client_is_closed_resubscribes_and_ends_with_every_event() {
+    let (relay, _dir) = start("events_per_second = 1000000\nevent_burst = 1000000").await;
+    let proxy = StallProxy::start(relay.local_addr()).await;
+    let client = pylon::relay::MarketClient::connect(
+        Keys::generate(),
+        &[proxy.url()],
+        Duration::from_secs(5),
+        pylon::relay::Reachability::OneShot,
+    )
+    .await
+    .expect("connect");
+    let tag = format!("stall-{}", rand::random::<u32>());
+    let mut notes = client.notifications();
+    client
+        .subscribe(nostr_sdk::Filter::new().hashtag(tag.clone()))
+        .await
+        .expect("subscribe");
+    let keys = Keys::generate();
+    let url = relay.url().to_string();
+    // The subscription is live once a probe comes through it.
+    let probe = note(&keys, "probe", vec![Tag::hashtag(tag.clone())]);
+    RawClient::connect(&url).await.publish(&probe).await;
+    let wanted = 20_000 + 1;
+    let counter = tokio::spawn(async move {
+        let mut seen = std::collections::HashSet::new();
+        let mut closed = 0;
+        while seen.len() < wanted {
+            match tokio::time::timeout(Duration::from_secs(60), notes.recv()).await {
+                Ok(Ok(nostr_sdk::RelayPoolNotification::Event { event, .. })) => {
+                    seen.insert(event.id);
+                }
+                Ok(Ok(nostr_sdk::RelayPoolNotification::Message {
+                    message: nostr_sdk::RelayMessage::Closed { message, .. },
+                    ..
+                })) => {
+                    assert!(
+                        message.starts_with("error: subscriber too slow"),
+                        "{message}"
+                    );
+                    closed += 1;
+                }
+                Ok(Ok(_)) | Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => {}
+                Ok(Err(_)) | Err(_) => break,
+            }
+        }
+        (seen.len(), closed)
+    });
+
+    // The client stops reading for at least 5 s while 20,000 events of ~1 KiB flow.
+    proxy.pause(true);
+    let stalled = std::time::Instant::now();
+    let sent = flood(&url, &keys, &tag, 20_000, 1024).await;
+    if let Some(rest) = Duration::from_secs(5).checked_sub(stalled.elapsed()) {
+        tokio::time::sleep(rest).await;
+    }
+    proxy.pause(false);
+    let (got, closed) = counter.await.expect("counter");
+    assert!(
+        closed >= 1,
+        "the relay told the stalled client (CLOSED too slow)"
+    );
+    assert_eq!(got, sent.len() + 1, "every event reached the Pylon client");
+    client.shutdown().await;
+}
