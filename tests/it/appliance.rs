@@ -433,7 +433,11 @@ async fn demo_keep_leaves_the_dashboard_up_until_ctrl_c() {
         .unwrap_or_else(|| panic!("no dashboard in {:?}", demo.head));
     // The run is over, the market and its dashboard are still there.
     let s = get_json(&format!("{dashboard}/api/stats")).await;
-    assert_eq!(s["windows"]["last_day"]["completed"], 200, "{s}");
+    // A loaded machine makes the coordinator re-send a slow job elsewhere (both complete, one is
+    // paid): completed may exceed 200, what was settled may not.
+    let day = &s["windows"]["last_day"];
+    assert!(day["completed"].as_u64().is_some_and(|n| n >= 200), "{s}");
+    assert_eq!(day["sats_settled"], 200, "{s}");
     assert_eq!(s["online_nodes"], 30, "{s}");
     assert!(demo.signal("INT").success());
 }
