@@ -6,7 +6,6 @@
 use std::time::Duration;
 
 use nostr_sdk::{Event, EventBuilder, Keys, Kind, RelayUrl, Tag, Timestamp};
-use pylon::relay::{EmbeddedRelay, RelaySettings};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
@@ -14,17 +13,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::common::RawClient;
-
-async fn start(extra: &str) -> (EmbeddedRelay, tempfile::TempDir) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut table: toml::Table = extra.parse().expect("toml");
-    table.insert("bind".into(), "127.0.0.1:0".into());
-    let settings = RelaySettings::with_overrides(table).expect("settings");
-    let relay = EmbeddedRelay::start(&settings, &dir.path().join("relay"))
-        .await
-        .expect("relay starts");
-    (relay, dir)
-}
+use crate::relay_protocol::start;
 
 fn note(keys: &Keys, content: &str, tags: Vec<Tag>) -> Event {
     EventBuilder::new(Kind::from(1), content)

@@ -7,7 +7,8 @@ use serde_json::{json, Value};
 
 use crate::common::RawClient;
 
-async fn start(extra: &str) -> (EmbeddedRelay, tempfile::TempDir) {
+/// The embedded relay in-process on an ephemeral port, with `extra` `[relay]` settings.
+pub(crate) async fn start(extra: &str) -> (EmbeddedRelay, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut table: toml::Table = extra.parse().expect("toml");
     table.insert("bind".into(), "127.0.0.1:0".into());
