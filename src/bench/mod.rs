@@ -3,6 +3,8 @@
 
 pub mod market;
 pub mod relay;
+pub mod relay_child;
+pub mod relay_load;
 pub mod repomap;
 pub mod stats;
 pub mod swarm;

@@ -21,6 +21,38 @@ pub(crate) enum BenchCommand {
     Textgen(TextgenArgs),
     /// Memory per idle and per busy in-process provider, and the time to start 30 and 300
     Swarm(SwarmArgs),
+    /// The relay under load (fan-out throughput, memory, a REQ storm, idle connections):
+    /// Pylon's embedded relay beside nostr-rs-relay, both as child processes
+    Relay(RelayArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RelayArgs {
+    /// Events published in the fan-out phase (20 publishers → 50 subscribers)
+    #[arg(long, default_value_t = 10_000)]
+    events: usize,
+    /// Events each publisher keeps awaiting OK
+    #[arg(long, default_value_t = crate::bench::relay_load::DEFAULT_WINDOW)]
+    window: usize,
+    /// Events stored before the REQ storm
+    #[arg(long, default_value_t = 40_000)]
+    preload: usize,
+    /// REQs of `{"kinds":[1],"limit":10000}` in the storm
+    #[arg(long, default_value_t = 500)]
+    storm: usize,
+    /// Seconds after which the storm sends no new REQ (the figures cover the REQs sent)
+    #[arg(long, default_value_t = 30)]
+    storm_secs: u64,
+    /// Idle connections opened to measure memory per connection
+    #[arg(long, default_value_t = 1000)]
+    idle: usize,
+    /// nostr-rs-relay 0.8.12 to compare with [default: $NOSTR_RS_RELAY, else on PATH, else
+    /// ~/.cargo/bin]; without one, its figures are null
+    #[arg(long, value_name = "PATH")]
+    nostr_rs_relay: Option<std::path::PathBuf>,
+    /// Print JSON
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -125,6 +157,30 @@ pub(crate) struct WalletArgs {
 
 pub(crate) async fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
     match cmd {
+        BenchCommand::Relay(args) => {
+            let options = crate::bench::relay_load::RelayLoadOptions {
+                events: args.events.max(1),
+                window: args.window.max(1),
+                preload: args.preload,
+                storm: args.storm,
+                storm_secs: std::time::Duration::from_secs(args.storm_secs.max(1)),
+                idle: args.idle,
+                pylon_bin: std::env::current_exe()
+                    .map_err(|e| anyhow::anyhow!("cannot find this program's own binary: {e}"))?,
+                nostr_rs_relay: args.nostr_rs_relay,
+            };
+            let r = crate::bench::relay_load::run(options, |l| eprintln!("bench: {l}")).await?;
+            if args.json {
+                output::print_json(&r)?;
+            } else {
+                print_relay_table(&r);
+            }
+            Ok(if r.comparison_failed {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
         BenchCommand::Swarm(args) => {
             let mut r = crate::bench::swarm::run(&args.providers, args.jobs_per_node.max(1), |l| {
                 eprintln!("bench: {l}")
@@ -355,5 +411,92 @@ pub(crate) async fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
+    }
+}
+
+/// The relay bench as a table: one column per relay.
+fn print_relay_table(r: &crate::bench::relay_load::RelayLoadReport) {
+    use crate::bench::relay_load::RelayFigures;
+    let relays: Vec<&RelayFigures> = std::iter::once(&r.pylon)
+        .chain(r.nostr_rs_relay.as_ref())
+        .collect();
+    let row = |name: &str, f: &dyn Fn(&RelayFigures) -> String| {
+        let cells: Vec<String> = relays.iter().map(|x| format!("{:>22}", f(x))).collect();
+        println!("{name:<34}{}", cells.join(""));
+    };
+    row("", &|x| x.relay.clone());
+    println!("fan-out");
+    row("  accepted events/s", &|x| {
+        format!("{:.0}", x.fanout.accepted_per_sec)
+    });
+    row("  relay / client CPU s", &|x| {
+        format!(
+            "{:.1} / {:.1}",
+            x.fanout.relay_cpu_secs, x.fanout.client_cpu_secs
+        )
+    });
+    row("  accepted / sent", &|x| {
+        format!("{} / {}", x.fanout.accepted, x.fanout.events_sent)
+    });
+    row("  publish → OK p50 / p99 ms", &|x| {
+        format!(
+            "{:.1} / {:.1}",
+            x.fanout.publish_ok_ms.p50, x.fanout.publish_ok_ms.p99
+        )
+    });
+    row("  deliveries received / expected", &|x| {
+        format!(
+            "{} / {}",
+            x.fanout.deliveries_received, x.fanout.deliveries_expected
+        )
+    });
+    row("  lost", &|x| x.fanout.lost.to_string());
+    row("  CLOSED / NOTICE to subscribers", &|x| {
+        format!("{} / {}", x.fanout.closed, x.fanout.notices)
+    });
+    row("  peak RSS MiB (anon)", &|x| {
+        format!(
+            "{:.1} ({:.1})",
+            x.fanout.peak_rss_kib as f64 / 1024.0,
+            x.fanout.peak_rss_anon_kib as f64 / 1024.0
+        )
+    });
+    println!("REQ storm");
+    row("  REQs sent × limit", &|x| {
+        format!("{} × {}", x.storm.reqs_sent, x.storm.req_limit)
+    });
+    row("  answered / dropped", &|x| {
+        format!("{} / {}", x.storm.eose + x.storm.closed, x.storm.unanswered)
+    });
+    row("  wall s / relay CPU s", &|x| {
+        format!("{:.2} / {:.2}", x.storm.wall_secs, x.storm.relay_cpu_secs)
+    });
+    row("  events returned", &|x| {
+        x.storm.events_received.to_string()
+    });
+    row("  relay CPU µs per event", &|x| {
+        format!("{:.1}", x.storm.relay_cpu_us_per_event)
+    });
+    row("  probe OK p50 / p99 / max ms", &|x| {
+        let p = x.storm.probe_publish_ok_ms;
+        format!("{:.1} / {:.1} / {:.1}", p.p50, p.p99, p.max)
+    });
+    row("  new client connect + EOSE ms", &|x| {
+        x.storm
+            .new_client_eose_ms
+            .map_or("none".into(), |m| format!("{m:.1}"))
+    });
+    row("  probe p99 under 50 ms", &|x| {
+        if x.storm.probe_goal_met { "yes" } else { "no" }.to_string()
+    });
+    println!("idle connections");
+    row("  opened", &|x| {
+        format!("{} / {}", x.idle.opened, x.idle.connections)
+    });
+    row("  KiB per connection", &|x| {
+        format!("{:.1}", x.idle.kib_per_connection)
+    });
+    for n in &r.notes {
+        println!("note: {n}");
     }
 }

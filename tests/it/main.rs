@@ -1,6 +1,7 @@
 //! Integration tests: the real binary, the real embedded relay, real sockets on loopback.
 
 mod appliance;
+mod bench_relay;
 mod cli_identity;
 mod common;
 mod dashboard;
