@@ -307,8 +307,8 @@ impl RssSampler {
 
 /// nostr-rs-relay's config: loopback on `port`, the store in `dir`, and limits at least as
 /// generous as the Pylon bench relay's (no event or subscription rate limit, 512 KiB events,
-/// 1 MiB messages). Its broadcast buffer stays at the default 16,384 events (Pylon's relay has
-/// 1,024): a subscriber further behind than that misses events, and the bench counts them.
+/// 1 MiB messages). Its broadcast buffer stays at the default 16,384 events (Pylon's relay holds
+/// `live_buffer_events` and then closes a subscriber with CLOSED; nostr-rs-relay drops silently).
 pub fn nostr_rs_relay_config(dir: &Path, port: u16) -> String {
     format!(
         "[info]\nrelay_url = \"ws://127.0.0.1:{port}/\"\nname = \"pylon-bench\"\n\

@@ -237,6 +237,7 @@ impl Engine {
         let rt = tokio::runtime::Handle::current();
         let joined = tokio::task::spawn_blocking(move || {
             let _permit = permit;
+            lower_priority();
             work(store.as_ref(), &rt)
         })
         .await;
@@ -252,6 +253,29 @@ impl Engine {
             }
         }
     }
+}
+
+/// How much the threads that run queries yield to the rest of the relay (Linux `nice`).
+const QUERY_NICE: libc::c_int = 10;
+
+std::thread_local! {
+    static NICED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Lowers the calling (blocking-pool) thread's scheduling priority, once per thread: a query
+/// storm then uses idle CPU only, and publishes keep their latency (measured: probe OK p99 of
+/// 701 ms during a storm at normal priority on 2 cores).
+fn lower_priority() {
+    NICED.with(|niced| {
+        if niced.get() {
+            return;
+        }
+        niced.set(true);
+        // On Linux, PRIO_PROCESS with id 0 is the calling thread. Failure only means the query
+        // keeps normal priority.
+        // SAFETY: setpriority takes plain integers and touches no memory of ours.
+        let _ = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, QUERY_NICE) };
+    });
 }
 
 fn duplicate() -> String {
