@@ -655,15 +655,24 @@ impl StallProxy {
     }
 }
 
-#[tokio::test]
+// Several threads: the test's own reader must keep up with the catch-up it is checking.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_pylon_client_is_closed_resubscribes_and_ends_with_every_event() {
     let (relay, _dir) = start("events_per_second = 1000000\nevent_burst = 1000000").await;
     let proxy = StallProxy::start(relay.local_addr()).await;
-    let client = pylon::relay::MarketClient::connect(
+    // Room in the pool channel for the whole catch-up, so the count below sees everything the
+    // client received; and catch-up pages (half the smaller channel) larger than the events the
+    // flood puts in one second: NIP-01 paging by `until` cannot split a second, so a second with
+    // more events than a page is the one thing a catch-up cannot recover.
+    let client = pylon::relay::MarketClient::connect_buffered(
         Keys::generate(),
         &[proxy.url()],
         Duration::from_secs(5),
         pylon::relay::Reachability::OneShot,
+        pylon::relay::client::Buffers {
+            pool: 65_536,
+            relay: Some(16_384),
+        },
     )
     .await
     .expect("connect");
@@ -682,6 +691,7 @@ async fn a_stalled_pylon_client_is_closed_resubscribes_and_ends_with_every_event
     let counter = tokio::spawn(async move {
         let mut seen = std::collections::HashSet::new();
         let mut closed = 0;
+        let mut lagged = 0;
         while seen.len() < wanted {
             match tokio::time::timeout(Duration::from_secs(60), notes.recv()).await {
                 Ok(Ok(nostr_sdk::RelayPoolNotification::Event { event, .. })) => {
@@ -697,11 +707,12 @@ async fn a_stalled_pylon_client_is_closed_resubscribes_and_ends_with_every_event
                     );
                     closed += 1;
                 }
-                Ok(Ok(_)) | Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => {}
+                Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(n))) => lagged += n,
+                Ok(Ok(_)) => {}
                 Ok(Err(_)) | Err(_) => break,
             }
         }
-        (seen.len(), closed)
+        (seen.len(), closed, lagged)
     });
 
     // The client stops reading for at least 5 s while 20,000 events of ~1 KiB flow.
@@ -712,7 +723,8 @@ async fn a_stalled_pylon_client_is_closed_resubscribes_and_ends_with_every_event
         tokio::time::sleep(rest).await;
     }
     proxy.pause(false);
-    let (got, closed) = counter.await.expect("counter");
+    let (got, closed, lagged) = counter.await.expect("counter");
+    assert_eq!(lagged, 0, "the test's reader fell behind the pool channel");
     assert!(
         closed >= 1,
         "the relay told the stalled client (CLOSED too slow)"
