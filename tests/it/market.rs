@@ -557,12 +557,13 @@ fn cli_buyer_flow_and_trace_from_a_fresh_home() {
     );
 
     // Node status and a graceful stop.
-    // The status file is rewritten every second: wait for it to include the job.
+    // The status file is rewritten every second: wait for it to include the job and its pay.
     let mut st = Value::Null;
     for _ in 0..50 {
         let out = run(&provider.path, &["node", "status", "--json"]);
         st = serde_json::from_str(&stdout(&out)).expect("json");
-        if st["node"]["totals"]["served"] == 1 {
+        // Earnings land when the settlement is seen, a moment after the result is served.
+        if st["node"]["totals"]["served"] == 1 && st["node"]["totals"]["earned_msat"] == 1000 {
             break;
         }
         std::thread::sleep(Duration::from_millis(100));
