@@ -270,9 +270,7 @@ impl Appliance {
 
     /// Stops nodes (gracefully), the hub and the relay.
     pub async fn stop(mut self) {
-        for n in self.nodes.drain(..) {
-            n.stop().await;
-        }
+        crate::provider::stop_all(std::mem::take(&mut self.nodes)).await;
         self.hub.stop().await;
         if let Some(relay) = self.relay {
             relay.shutdown().await;

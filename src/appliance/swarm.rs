@@ -99,11 +99,9 @@ impl Swarm {
         n
     }
 
-    /// Stops every node gracefully.
+    /// Stops every node gracefully, all at once (see [`crate::provider::stop_all`]).
     pub async fn stop(self) {
-        for n in self.nodes {
-            n.stop().await;
-        }
+        crate::provider::stop_all(self.nodes).await;
     }
 }
 

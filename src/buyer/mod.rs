@@ -8,12 +8,13 @@ pub mod spend;
 pub mod verify;
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nostr_sdk::{Event, EventId, Filter, JsonUtil, Keys, RelayPoolNotification, Timestamp};
 use serde::Serialize;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinHandle;
 
 use crate::protocol::failure::FailureCode;
@@ -151,7 +152,20 @@ pub struct Buyer {
     spending: Spending,
     routes: Routes,
     router: JoinHandle<()>,
+    /// Jobs followed at once by [`Buyer::run`]; more wait their turn (see [`Buyer::queued`]).
+    in_flight: Semaphore,
+    max_in_flight: usize,
+    /// Jobs waiting for an in-flight slot.
+    waiting: AtomicUsize,
+    /// Look-ups of stored job events at once: each is a subscription on the relay, which
+    /// limits them per connection, and a burst of quiet jobs must not open hundreds.
+    lookups: Semaphore,
 }
+
+/// Jobs one buyer follows at once unless told otherwise.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 128;
+/// Look-ups one buyer runs at once.
+const MAX_LOOKUPS: usize = 8;
 
 impl Drop for Buyer {
     fn drop(&mut self) {
@@ -188,7 +202,29 @@ impl Buyer {
             spending: Spending::new(limits),
             routes,
             router,
+            in_flight: Semaphore::new(DEFAULT_MAX_IN_FLIGHT),
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            waiting: AtomicUsize::new(0),
+            lookups: Semaphore::new(MAX_LOOKUPS),
         })
+    }
+
+    /// Follows at most `n` jobs at once (at least one); further [`run`](Self::run)s wait.
+    pub fn with_max_in_flight(mut self, n: usize) -> Self {
+        let n = n.max(1);
+        self.in_flight = Semaphore::new(n);
+        self.max_in_flight = n;
+        self
+    }
+
+    /// Jobs waiting for an in-flight slot now (not yet sent).
+    pub fn queued(&self) -> usize {
+        self.waiting.load(Ordering::SeqCst)
+    }
+
+    /// Jobs sent and being followed now.
+    pub fn in_flight(&self) -> usize {
+        self.max_in_flight - self.in_flight.available_permits()
     }
 
     /// The caps and run budget every payment of this buyer passes.
@@ -214,8 +250,14 @@ impl Buyer {
         Ok(event)
     }
 
-    /// Submits a job and follows it to its end.
+    /// Submits a job and follows it to its end. At most the in-flight limit of jobs are
+    /// followed at once ([`with_max_in_flight`](Self::with_max_in_flight)); a job over it waits
+    /// unsent, and its timeout starts when it is sent.
     pub async fn run(&self, job: &NewJob, options: WaitOptions) -> Result<Outcome, BuyerError> {
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        let permit = self.in_flight.acquire().await;
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
+        let _permit = permit.map_err(|_| BuyerError::Other("the buyer is shutting down".into()))?;
         let event = job.to_event(&self.keys)?;
         self.record(&event)?;
         // Route before publishing: a fast provider answers within milliseconds. The guard
@@ -345,10 +387,14 @@ impl Buyer {
                                 let _ = self.relay.publish_nowait(request_event).await;
                             }
                             // Quiet for a while: relays drop live events under load, but results,
-                            // feedback and receipts are stored, so ask for them.
+                            // feedback and receipts are stored, so ask for them (a few jobs at
+                            // a time: each look-up is a subscription on the relay).
+                            let Ok(_turn) = self.lookups.acquire().await else {
+                                break;
+                            };
                             if let Ok(found) = self
                                 .relay
-                                .fetch(stored.clone(), Duration::from_secs(2))
+                                .fetch(stored.clone(), Duration::from_secs(5))
                                 .await
                             {
                                 let mut found: Vec<Event> = found.into_iter().collect();

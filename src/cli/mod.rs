@@ -259,6 +259,19 @@ pub(crate) async fn shutdown_signal() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Runs a graceful stop, unless another SIGINT/SIGTERM comes first: then the process exits at
+/// once (status 130), saying what it gave up. The stops are bounded anyway; this is for an
+/// operator who will not wait even that long.
+pub(crate) async fn stop_or_second_signal(stop: impl std::future::Future<Output = ()>) {
+    tokio::select! {
+        _ = stop => {}
+        _ = shutdown_signal() => {
+            eprintln!("second signal: exiting now without finishing the stop (running jobs and unsent events are given up)");
+            std::process::exit(130);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use clap::CommandFactory;

@@ -294,8 +294,8 @@ async fn up(ctx: &Context, args: UpArgs) -> anyhow::Result<ExitCode> {
             _ = tick.tick() => write_status(&status_file, &node.status().await),
         }
     }
-    eprintln!("stopping: finishing running jobs…");
-    node.stop().await;
+    eprintln!("stopping: finishing running jobs (10 s at most; Ctrl-C again exits at once)…");
+    super::stop_or_second_signal(node.stop()).await;
     let _ = std::fs::remove_file(&status_file);
     super::output::say("node stopped");
     Ok(ExitCode::SUCCESS)

@@ -112,10 +112,10 @@ pub(crate) async fn run(ctx: &Context, args: SwarmArgs) -> anyhow::Result<ExitCo
         }
     }
     eprintln!(
-        "stopping {} nodes (finishing their jobs)…",
+        "stopping {} nodes (finishing their jobs, 10 s at most; Ctrl-C again exits at once)…",
         swarm.nodes.len()
     );
-    swarm.stop().await;
+    super::stop_or_second_signal(swarm.stop()).await;
     output::say("swarm stopped");
     Ok(ExitCode::SUCCESS)
 }

@@ -122,8 +122,8 @@ pub(crate) async fn run(ctx: &Context, args: UpArgs) -> anyhow::Result<ExitCode>
             }
         }
     }
-    eprintln!("stopping: dashboard, nodes (finishing their jobs), hub, relay…");
-    up.stop().await;
+    eprintln!("stopping: dashboard, nodes (finishing their jobs, 10 s at most), hub, relay; Ctrl-C again exits at once…");
+    super::stop_or_second_signal(up.stop()).await;
     let _ = std::fs::remove_file(&status_file);
     super::output::say("market stopped");
     Ok(ExitCode::SUCCESS)

@@ -59,11 +59,19 @@ impl RunningHub {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        if let Some(task) = self.task.take() {
-            let _ = task.await;
+        if let Some(mut task) = self.task.take() {
+            // Requests in hand are answered first; a relay that is gone must not hold the
+            // stop (each answer is one SQLite transaction: an aborted one rolls back).
+            if tokio::time::timeout(STOP_GRACE, &mut task).await.is_err() {
+                tracing::warn!("hub still answering after {STOP_GRACE:?}; stopped anyway");
+                task.abort();
+            }
         }
     }
 }
+
+/// Longest a stopping hub spends on the requests it has in hand.
+const STOP_GRACE: Duration = Duration::from_secs(5);
 
 impl Drop for RunningHub {
     fn drop(&mut self) {

@@ -34,6 +34,9 @@ pub enum FailureCode {
     UnsupportedKind,
     /// The provider is shutting down.
     ShuttingDown,
+    /// The provider's queue is longer than it could serve within the job's timeout: it refused
+    /// the job at once so the buyer can go to another provider.
+    Overloaded,
     /// A code from another implementation.
     Other(String),
 }
@@ -55,6 +58,7 @@ impl FailureCode {
             Self::UnpaidInvoices => "unpaid-invoices",
             Self::UnsupportedKind => "unsupported-kind",
             Self::ShuttingDown => "shutting-down",
+            Self::Overloaded => "overloaded",
             Self::Other(s) => s,
         }
     }
@@ -75,6 +79,7 @@ impl FailureCode {
             "unpaid-invoices" => Self::UnpaidInvoices,
             "unsupported-kind" => Self::UnsupportedKind,
             "shutting-down" => Self::ShuttingDown,
+            "overloaded" => Self::Overloaded,
             other => Self::Other(other.chars().take(64).collect()),
         }
     }
@@ -112,6 +117,8 @@ mod tests {
             FailureCode::UnpaidInvoices,
             FailureCode::PaymentUnknown,
             FailureCode::InvalidResult,
+            FailureCode::ShuttingDown,
+            FailureCode::Overloaded,
         ] {
             assert_eq!(FailureCode::parse(code.as_str()), code);
         }

@@ -118,14 +118,104 @@ pub(super) async fn handle(s: Arc<Shared>, event: Event) {
         return job.fail(code, &why).await;
     }
     let (pay_first, credit) = super::terms::decide(&s, &request);
+    // A job paid later joins the backlog now, or is shed. A pay-first job joins once paid: an
+    // unpaid one holds nothing, and a paid one is never shed.
+    let backlog = match pay_first {
+        PayFirst::No => match Backlog::reserve(&s) {
+            Ok(b) => Some(b),
+            Err(why) => {
+                drop(credit);
+                s.shed.fetch_add(1, Ordering::SeqCst);
+                job.fail(FailureCode::Overloaded, &why).await;
+                if let Ok(mut b) = s.buyers.lock() {
+                    b.release(&request.buyer);
+                }
+                return;
+            }
+        },
+        _ => None,
+    };
     if let Ok(mut slot) = job.credit.lock() {
         *slot = credit;
     }
-    job.run(price, pay_first).await;
+    job.run(price, pay_first, backlog).await;
     drop(job);
     if let Ok(mut b) = s.buyers.lock() {
         b.release(&request.buyer);
     }
+}
+
+/// Most jobs a node holds past admission (waiting for a slot or running), whatever their
+/// expected run time: each holds its request in memory.
+const MAX_BACKLOG: u64 = 1_024;
+
+/// One job in the node's backlog (admitted and not finished), released on drop.
+pub(super) struct Backlog<'a>(&'a Shared);
+
+impl<'a> Backlog<'a> {
+    /// Joins the backlog unless the jobs ahead could not be served within the job timeout (by
+    /// the node's measured run time per job) or the backlog is full; the `Err` says why.
+    /// Check and join are one atomic step, so a burst cannot slip past the limit.
+    pub(super) fn reserve(s: &'a Shared) -> Result<Self, String> {
+        let slots = s.options.max_concurrent.max(1) as u64;
+        let per_job = s.exec_ms.load(Ordering::SeqCst);
+        let limit_ms = s.options.job_timeout.as_millis() as u64;
+        let mut why = String::new();
+        let joined = s
+            .backlog
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |ahead| {
+                let wait_ms = wait_before_start_ms(ahead, slots, per_job);
+                if ahead >= MAX_BACKLOG {
+                    why = format!("{ahead} jobs are already waiting or running here; send the job elsewhere");
+                    None
+                } else if wait_ms > limit_ms {
+                    why = format!(
+                        "{ahead} jobs are ahead of this one here (about {} s before it would start, longer than the {} s job timeout); send the job elsewhere",
+                        wait_ms / 1000,
+                        limit_ms / 1000
+                    );
+                    None
+                } else {
+                    Some(ahead + 1)
+                }
+            });
+        joined.map(|_| Self(s)).map_err(|_| why)
+    }
+
+    /// Joins the backlog unconditionally (a job already paid for).
+    pub(super) fn join(s: &'a Shared) -> Self {
+        s.backlog.fetch_add(1, Ordering::SeqCst);
+        Self(s)
+    }
+}
+
+impl Drop for Backlog<'_> {
+    fn drop(&mut self) {
+        self.0.backlog.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// How long a job with `ahead` jobs before it (running or waiting) waits for one of `slots`,
+/// if each takes `per_job_ms`: whole rounds of the slots, since jobs take about as long.
+fn wait_before_start_ms(ahead: u64, slots: u64, per_job_ms: u64) -> u64 {
+    if ahead < slots {
+        0
+    } else {
+        ((ahead - slots) / slots + 1) * per_job_ms
+    }
+}
+
+/// Folds one job's run time into the node's moving average (weight 1/8).
+fn record_run_time(s: &Shared, took_ms: u64) {
+    let _ = s
+        .exec_ms
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |old| {
+            Some(if old == 0 {
+                took_ms.max(1)
+            } else {
+                (old * 7 + took_ms).div_ceil(8)
+            })
+        });
 }
 
 /// How a job is to be paid, decided at admission.
@@ -224,7 +314,7 @@ impl Job<'_> {
         })
     }
 
-    async fn run(&self, price: u64, pay_first: PayFirst) {
+    async fn run(&self, price: u64, pay_first: PayFirst, backlog: Option<Backlog<'_>>) {
         let s = self.s;
         let payment = match pay_first {
             PayFirst::No => Payment::Later,
@@ -237,6 +327,7 @@ impl Job<'_> {
                 None => return,
             },
         };
+        let _backlog = backlog.unwrap_or_else(|| Backlog::join(s));
         let request = match self.inputs().await {
             Ok(r) => r,
             Err(e) => return self.abandon(&payment, e.code, &e.message).await,
@@ -285,7 +376,9 @@ impl Job<'_> {
                 .await;
         };
         let run = async {
+            let began = Instant::now();
             let out = tokio::time::timeout(s.options.job_timeout, executor.execute(request)).await;
+            record_run_time(s, began.elapsed().as_millis() as u64);
             self.update(&[Set::Time(Stamp::Finished, now_ms())]);
             out
         };
@@ -360,14 +453,23 @@ impl Job<'_> {
                 settle::hand_over(s, &hash, &self.id(), &mut paid)
             }
         };
-        if let Err(e) = s.relay.publish(&result).await {
-            settle::forget(s, &hash);
-            return self
-                .fail(
-                    FailureCode::ExecError,
-                    &format!("result not published: {e}"),
-                )
-                .await;
+        match s.relay.publish(&result).await {
+            Ok(_) => {}
+            // No relay confirmed it and none could show it absent: it may well be stored (a
+            // busy relay). Failing the job now would contradict a result the buyer may hold;
+            // the invoice stays watched, and the buyer looks the result up.
+            Err(e @ crate::relay::client::ClientError::Unconfirmed { .. }) => {
+                tracing::warn!(job = %self.id(), "result sent but unconfirmed: {e}");
+            }
+            Err(e) => {
+                settle::forget(s, &hash);
+                return self
+                    .fail(
+                        FailureCode::ExecError,
+                        &format!("result not published: {e}"),
+                    )
+                    .await;
+            }
         }
         s.served.fetch_add(1, Ordering::SeqCst);
         if let Some(preimage) = preimage {
@@ -402,5 +504,30 @@ async fn feedback_error(s: &Shared, event: &Event, code: FailureCode, why: &str)
             }
         }
         Err(e) => tracing::error!("cannot build feedback: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::wait_before_start_ms;
+
+    #[test]
+    fn a_job_waits_whole_rounds_of_the_slots() {
+        assert_eq!(wait_before_start_ms(0, 1, 1_500), 0, "a free slot: no wait");
+        assert_eq!(wait_before_start_ms(3, 4, 100), 0);
+        assert_eq!(
+            wait_before_start_ms(1, 1, 1_500),
+            1_500,
+            "behind the running one"
+        );
+        assert_eq!(wait_before_start_ms(2, 1, 1_500), 3_000);
+        assert_eq!(wait_before_start_ms(4, 4, 100), 100);
+        assert_eq!(wait_before_start_ms(11, 4, 100), 200);
+        assert_eq!(wait_before_start_ms(12, 4, 100), 300);
+        assert_eq!(
+            wait_before_start_ms(500, 4, 0),
+            0,
+            "no run time measured yet"
+        );
     }
 }

@@ -1,6 +1,7 @@
 //! The provider node: announce, heartbeat, take jobs, run them, invoice, watch for payment,
 //! publish receipts.
 //!
+//! - [`intake`] — requests from the live subscription and from look-ups, each handled once;
 //! - [`job`] — one request, from claim to result;
 //! - [`terms`] — pay after or pay first, and credit for buyers who never paid here;
 //! - [`inputs`] — `url` inputs fetched before a job takes a slot;
@@ -9,6 +10,7 @@
 //! - this file — options, start, status, graceful stop.
 
 mod inputs;
+mod intake;
 mod job;
 mod policy;
 mod settle;
@@ -19,7 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use nostr_sdk::{Filter, Keys, Kind, RelayPoolNotification, Timestamp, ToBech32};
+use nostr_sdk::{Filter, Keys, Kind, Timestamp, ToBech32};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, watch, Notify, Semaphore};
 use tokio::task::JoinHandle;
@@ -30,9 +32,6 @@ use crate::protocol::nip89::{Announcement, ProviderInfo};
 use crate::relay::{FallbackInfo, MarketClient};
 use crate::store::{ProviderTotals, Store};
 use crate::wallet::Wallet;
-
-/// How often a node looks back for requests its live subscription may have missed.
-const CATCH_UP: Duration = Duration::from_secs(5);
 
 /// When a buyer pays.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
@@ -103,7 +102,7 @@ impl Default for NodeOptions {
             buyer_jobs_per_minute: 600,
             buyer_max_concurrent: 64,
             refuse_unpaid: true,
-            drain_timeout: Duration::from_secs(30),
+            drain_timeout: Duration::from_secs(10),
             settlement_poll: Duration::from_secs(2),
             invoice_poll_after: Duration::from_secs(5),
             allow_private_urls: false,
@@ -186,6 +185,12 @@ pub struct NodeStatus {
     /// Results whose invoice expired unpaid (all time); they are no longer looked up.
     #[serde(default)]
     pub expired_unpaid: u64,
+    /// Look-backs for requests the live subscription may have missed, since start.
+    #[serde(default)]
+    pub lookups: u64,
+    /// Jobs refused as `overloaded` since start.
+    #[serde(default)]
+    pub shed: u64,
 }
 
 pub(crate) struct Shared {
@@ -211,6 +216,15 @@ pub(crate) struct Shared {
     /// Woken whenever a payment is recorded (pay-first jobs of unproven buyers wait on it).
     payments: Notify,
     pending: Mutex<HashMap<String, settle::Pending>>,
+    /// Requests already handled by this process (see [`intake`]).
+    seen: Mutex<intake::Seen>,
+    /// Moving average of how long a job runs, ms, and the jobs admitted and not finished: the
+    /// basis of load shedding (see `job::Backlog`).
+    exec_ms: AtomicU64,
+    backlog: AtomicU64,
+    /// Look-backs done, and jobs shed, since start (for status).
+    lookups: AtomicU64,
+    shed: AtomicU64,
     started: Instant,
     started_at: Timestamp,
 }
@@ -317,6 +331,11 @@ impl Node {
             draining: AtomicBool::new(false),
             last_beat: AtomicU64::new(0),
             pending: Mutex::new(HashMap::new()),
+            seen: Mutex::new(intake::Seen::default()),
+            exec_ms: AtomicU64::new(0),
+            backlog: AtomicU64::new(0),
+            lookups: AtomicU64::new(0),
+            shed: AtomicU64::new(0),
             started: Instant::now(),
             started_at: Timestamp::now(),
         });
@@ -342,7 +361,7 @@ impl Node {
 
         let (stop, stopped) = watch::channel(false);
         let tasks = vec![
-            tokio::spawn(dispatch(shared.clone(), stopped.clone())),
+            tokio::spawn(intake::run(shared.clone(), stopped.clone())),
             tokio::spawn(heartbeats(shared.clone(), stopped.clone())),
             tokio::spawn(settle::watch(shared.clone(), stopped)),
         ];
@@ -400,6 +419,8 @@ impl Node {
             totals,
             awaiting_payment: s.pending.lock().map(|p| p.len() as u64).unwrap_or(0),
             expired_unpaid,
+            lookups: s.lookups.load(Ordering::SeqCst),
+            shed: s.shed.load(Ordering::SeqCst),
         }
     }
 
@@ -413,24 +434,63 @@ impl Node {
         self.shared.relay.sdk().disconnect().await;
     }
 
-    /// Graceful stop: stop taking jobs, let running ones finish (up to the drain timeout), release
-    /// queued ones with `error: shutting-down`, publish a short-lived heartbeat, and return.
+    /// Graceful stop, bounded in time even when the relay is gone: stop taking jobs, publish a
+    /// "draining" heartbeat (waiting at most [`FAREWELL`] for it), let running jobs finish for up
+    /// to the drain timeout, then end the node's tasks (a task still busy after
+    /// [`TASK_GRACE`], e.g. waiting on a wallet that cannot answer, is aborted). Whatever was not
+    /// sent by then is given up, with a log line saying so.
     pub async fn stop(self) {
         let s = self.shared.clone();
         s.draining.store(true, Ordering::SeqCst);
-        s.heartbeat(true).await;
+        if tokio::time::timeout(FAREWELL, s.heartbeat(true))
+            .await
+            .is_err()
+        {
+            tracing::warn!("farewell heartbeat unconfirmed after {FAREWELL:?}; is the relay up?");
+        }
         let deadline = Instant::now() + s.options.drain_timeout;
         while (s.running.load(Ordering::SeqCst) > 0 || s.queued.load(Ordering::SeqCst) > 0)
             && Instant::now() < deadline
         {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        let (running, queued) = (
+            s.running.load(Ordering::SeqCst),
+            s.queued.load(Ordering::SeqCst),
+        );
+        if running + queued > 0 {
+            tracing::warn!(
+                "drain timeout ({:?}) reached: giving up {running} running and {queued} queued jobs",
+                s.options.drain_timeout
+            );
+        }
         let _ = self.stop.send(true);
-        for t in self.tasks {
-            let _ = t.await;
+        futures_util::future::join_all(self.tasks.into_iter().map(|mut t| async move {
+            if tokio::time::timeout(TASK_GRACE, &mut t).await.is_err() {
+                tracing::warn!("a node task was still busy after {TASK_GRACE:?}; aborted");
+                t.abort();
+            }
+        }))
+        .await;
+        let pending = s.pending.lock().map(|p| p.len()).unwrap_or(0);
+        if pending > 0 {
+            tracing::info!(
+                "{pending} invoices still await payment; the next start watches them again"
+            );
         }
         tracing::info!("node stopped");
     }
+}
+
+/// Longest a stopping node waits for its farewell heartbeat to be confirmed.
+pub const FAREWELL: Duration = Duration::from_secs(3);
+/// Longest a stopping node waits for each of its tasks to notice the stop.
+const TASK_GRACE: Duration = Duration::from_secs(2);
+
+/// Stops several nodes at once, so stopping a swarm takes as long as its slowest node, not the
+/// sum of them.
+pub async fn stop_all(nodes: Vec<Node>) {
+    futures_util::future::join_all(nodes.into_iter().map(Node::stop)).await;
 }
 
 fn provider_info(s: &Shared) -> ProviderInfo {
@@ -452,49 +512,6 @@ fn provider_info(s: &Shared) -> ProviderInfo {
             PaymentMode::Before => "before".into(),
         },
     }
-}
-
-async fn dispatch(s: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
-    let mut notes = s.relay.notifications();
-    let kinds = s.executors.kinds();
-    // Relays drop live events under load; requests are stored, so a periodic look back catches
-    // what the subscription missed (the store makes a second sighting a no-op).
-    let mut catch_up = tokio::time::interval(CATCH_UP);
-    catch_up.tick().await;
-    let mut since = s.started_at;
-    // Jobs live in this set: if the node is killed (this task aborted), they die with it, as in
-    // a crash; a graceful stop lets them finish.
-    let mut jobs = tokio::task::JoinSet::new();
-    loop {
-        tokio::select! {
-            _ = stopped.changed() => break,
-            Some(_) = jobs.join_next(), if !jobs.is_empty() => {}
-            _ = catch_up.tick() => {
-                let now = Timestamp::now();
-                let filter = Filter::new()
-                    .kinds(kinds.iter().copied().map(Kind::from))
-                    .since(since)
-                    .limit(1000);
-                if let Ok(found) = s.relay.fetch(filter, Duration::from_secs(2)).await {
-                    for event in found {
-                        jobs.spawn(job::handle(s.clone(), event));
-                    }
-                    since = Timestamp::from(now.as_secs().saturating_sub(CATCH_UP.as_secs() * 2).max(s.started_at.as_secs()));
-                }
-            }
-            note = notes.recv() => match note {
-                Ok(RelayPoolNotification::Event { event, .. }) if kinds.contains(&event.kind.as_u16()) => {
-                    jobs.spawn(job::handle(s.clone(), *event));
-                }
-                Ok(_) => {}
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                    tracing::warn!("node fell behind and missed {n} relay messages");
-                }
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
-            }
-        }
-    }
-    jobs.detach_all();
 }
 
 async fn heartbeats(s: Arc<Shared>, mut stopped: watch::Receiver<bool>) {

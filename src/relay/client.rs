@@ -25,6 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nostr_sdk::prelude::Events;
+use nostr_sdk::prelude::ReqExitPolicy;
 use nostr_sdk::{
     Client, ClientMessage, ClientOptions, Event, EventId, Filter, Keys, RelayOptions,
     RelayPoolNotification, RelayPoolOptions, RelayUrl, SubscribeOptions, SubscriptionId,
@@ -41,6 +42,48 @@ mod resub;
 
 /// How long a publish may wait for room in a full outgoing queue.
 const PUBLISH_BACKPRESSURE: Duration = Duration::from_secs(10);
+/// How long a publish keeps retrying a relay that answers `rate-limited:`, and its back-off.
+const RATE_LIMIT_PATIENCE: Duration = Duration::from_secs(60);
+const RATE_LIMIT_FIRST_PAUSE: Duration = Duration::from_millis(250);
+const RATE_LIMIT_MAX_PAUSE: Duration = Duration::from_secs(4);
+/// How long the look-up after a missing `OK` may take.
+const CONFIRM_LOOKUP: Duration = Duration::from_secs(5);
+/// Extra time nostr-sdk's own fetch timeout gets beyond ours (see `fetch_complete`).
+const FETCH_SLACK: Duration = Duration::from_secs(5);
+
+/// Why every relay failed a publish, by what the caller should do about it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refused {
+    /// A relay already has it: that is success.
+    Duplicate,
+    /// Our outgoing queue was full: wait a moment and send again.
+    Backpressure,
+    /// The relay wants us slower: back off and send again.
+    RateLimited,
+    /// No relay said anything in time (or the answer was lost): look it up.
+    Unanswered,
+    /// Refused for good.
+    Final,
+}
+
+impl Refused {
+    fn classify(failed: &HashMap<RelayUrl, String>) -> Self {
+        let any = |f: &dyn Fn(&str) -> bool| failed.values().any(|w| f(w));
+        let all = |f: &dyn Fn(&str) -> bool| !failed.is_empty() && failed.values().all(|w| f(w));
+        if any(&|w| w.starts_with("duplicate:")) {
+            Self::Duplicate
+        } else if any(&|w| w.contains("channel")) {
+            Self::Backpressure
+        } else if all(&|w| w.starts_with("rate-limited:")) {
+            Self::RateLimited
+        } else if all(&|w| w == "timeout" || w == "premature exit") {
+            // "premature exit": nostr-sdk's wait for OK ended early; see the patched copy.
+            Self::Unanswered
+        } else {
+            Self::Final
+        }
+    }
+}
 /// Room for relay messages a client has not read yet. Every slot is allocated up front (a few
 /// hundred bytes each), and a lagging reader loses the oldest messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,6 +164,9 @@ pub enum ClientError {
         /// Each relay's reason.
         reasons: String,
     },
+    /// No relay gave a complete answer to a look-up.
+    #[error("no relay answered the look-up completely ({0})")]
+    Incomplete(String),
     /// The fallback relay could not start.
     #[error("relays unreachable ({0}) and the embedded relay could not start: {1}")]
     Fallback(String, RelayError),
@@ -341,11 +387,42 @@ impl MarketClient {
     }
 
     /// Publishes `event`. Regular events wait for at least one relay's `OK: true`; ephemeral events
-    /// return once handed to a connected relay (see the module documentation). When the client's
-    /// outgoing queue is full (a burst), it waits and retries rather than dropping the event.
+    /// return once handed to a connected relay (see the module documentation).
+    ///
+    /// Under load this holds on rather than giving up: a full outgoing queue is waited out, a
+    /// `rate-limited:` refusal is retried after a back-off (public relays limit events per
+    /// connection), and a missing `OK` is not a failure until a look-up shows the relay does not
+    /// have the event (then it is sent once more: relays and roles ignore copies of an id).
     pub async fn publish(&self, event: &Event) -> Result<EventId, ClientError> {
-        let deadline = tokio::time::Instant::now() + PUBLISH_BACKPRESSURE;
+        match self.send_until_answered(event).await {
+            Err(ClientError::Unconfirmed { .. }) if !event.kind.is_ephemeral() => {}
+            other => return other,
+        }
+        for attempt in 0..2 {
+            match self.is_stored(event.id).await {
+                Some(true) => return Ok(event.id),
+                Some(false) if attempt == 0 => {
+                    tracing::debug!(event = %event.id, "no OK and not on the relay; sending it again");
+                    match self.send_until_answered(event).await {
+                        Err(ClientError::Unconfirmed { .. }) => continue,
+                        other => return other,
+                    }
+                }
+                _ => break,
+            }
+        }
+        Err(ClientError::Unconfirmed {
+            id: event.id,
+            reasons: "no OK, and a look-up could not show the relay has it".into(),
+        })
+    }
+
+    /// One publish: sends `event` and waits for an answer, riding out back-pressure and rate
+    /// limits. A missing answer is [`ClientError::Unconfirmed`].
+    async fn send_until_answered(&self, event: &Event) -> Result<EventId, ClientError> {
+        let started = tokio::time::Instant::now();
         let mut pause = Duration::from_millis(1);
+        let mut limited_pause = RATE_LIMIT_FIRST_PAUSE;
         loop {
             let failed = if event.kind.is_ephemeral() {
                 let urls = self.relay_urls().await;
@@ -364,22 +441,45 @@ impl MarketClient {
                 }
                 output.failed
             };
-            let backpressure = failed.values().any(|why| why.contains("channel"));
-            if !backpressure || tokio::time::Instant::now() >= deadline {
-                let unanswered = !failed.is_empty() && failed.values().all(|why| why == "timeout");
-                if unanswered {
+            match Refused::classify(&failed) {
+                Refused::Duplicate => return Ok(event.id),
+                Refused::Backpressure if started.elapsed() < PUBLISH_BACKPRESSURE => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(50));
+                }
+                Refused::RateLimited if started.elapsed() < RATE_LIMIT_PATIENCE => {
+                    tracing::debug!(event = %event.id, "rate-limited; retrying in {limited_pause:?}");
+                    tokio::time::sleep(limited_pause).await;
+                    limited_pause = (limited_pause * 2).min(RATE_LIMIT_MAX_PAUSE);
+                }
+                Refused::Unanswered => {
                     return Err(ClientError::Unconfirmed {
                         id: event.id,
                         reasons: join_reasons(&failed),
-                    });
+                    })
                 }
-                return Err(ClientError::Rejected {
-                    id: event.id,
-                    reasons: join_reasons(&failed),
-                });
+                _ => {
+                    return Err(ClientError::Rejected {
+                        id: event.id,
+                        reasons: join_reasons(&failed),
+                    })
+                }
             }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_millis(50));
+        }
+    }
+
+    /// Whether a relay holds event `id`: `Some(true)` if one returned it, `Some(false)` if one
+    /// answered completely without it, `None` if none could answer.
+    async fn is_stored(&self, id: EventId) -> Option<bool> {
+        match self
+            .fetch_complete(Filter::new().id(id).limit(1), CONFIRM_LOOKUP)
+            .await
+        {
+            Ok(found) => Some(found.into_iter().any(|e| e.id == id)),
+            Err(e) => {
+                tracing::debug!(event = %id, "look-up failed: {e}");
+                None
+            }
         }
     }
 
@@ -401,8 +501,62 @@ impl MarketClient {
     }
 
     /// Stored events matching `filter`, gathered until every relay sent EOSE or `timeout` passed.
+    /// Best effort: on a timeout (or a client that fell behind) it returns what arrived. Use
+    /// [`fetch_complete`](Self::fetch_complete) where a missing event matters.
     pub async fn fetch(&self, filter: Filter, timeout: Duration) -> Result<Events, ClientError> {
         Ok(self.client.fetch_events(filter, timeout).await?)
+    }
+
+    /// Every stored event matching `filter` on the relays that answered completely (sent EOSE
+    /// within `timeout`, with nothing lost on the way), merged; an error if none did. A caller
+    /// that moves a window forward on the answer must use this, never [`fetch`](Self::fetch):
+    /// a partial answer taken for a whole one loses events for good.
+    pub async fn fetch_complete(
+        &self,
+        filter: Filter,
+        timeout: Duration,
+    ) -> Result<Events, ClientError> {
+        let relays = self.client.relays().await;
+        let asks = relays.iter().map(|(url, relay)| {
+            let filter = filter.clone();
+            async move {
+                // The relay-level timeout is longer than ours, so ours decides: a stream cut by
+                // our timeout is incomplete, whereas nostr-sdk's own timeout ends it "normally".
+                let answer = tokio::time::timeout(
+                    timeout,
+                    relay.fetch_events(filter, timeout + FETCH_SLACK, ReqExitPolicy::ExitOnEOSE),
+                )
+                .await;
+                match answer {
+                    Ok(Ok(events)) => Ok(events),
+                    Ok(Err(e)) => Err(format!("{url}: {e}")),
+                    Err(_) => Err(format!("{url}: no EOSE within {timeout:?}")),
+                }
+            }
+        });
+        let answers = futures_util::future::join_all(asks).await;
+        let mut merged: Option<Events> = None;
+        let mut reasons = Vec::new();
+        for answer in answers {
+            match answer {
+                Ok(events) => match merged.as_mut() {
+                    Some(all) => {
+                        for e in events {
+                            all.force_insert(e);
+                        }
+                    }
+                    None => merged = Some(events),
+                },
+                Err(why) => reasons.push(why),
+            }
+        }
+        merged.ok_or_else(|| {
+            ClientError::Incomplete(if reasons.is_empty() {
+                "no relay connected".into()
+            } else {
+                reasons.join("; ")
+            })
+        })
     }
 
     /// A receiver of every event and message from the pool.

@@ -467,3 +467,65 @@ async fn up_runs_on_a_reachable_public_relay() {
     assert!(up.signal("TERM").success());
     assert!(public.terminate().success());
 }
+
+/// Sends SIGTERM to `p` and waits at most `limit` for it to exit (then SIGKILLs it and fails).
+fn terminate_within(
+    p: Spawned,
+    what: &str,
+    limit: Duration,
+) -> (std::process::ExitStatus, Duration) {
+    let pid = p.child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let t = Instant::now();
+        let status = p.signal("TERM");
+        let _ = tx.send((status, t.elapsed()));
+    });
+    match rx.recv_timeout(limit) {
+        Ok(done) => done,
+        Err(_) => {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+            panic!("{what} still running {limit:?} after SIGTERM");
+        }
+    }
+}
+
+#[test]
+fn swarm_and_node_stop_within_seconds_of_sigterm_when_the_relay_is_gone() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let op = dir.path().join("op");
+    init_home(&op);
+    let relay = crate::common::RelayProcess::start(&op, &op.join("relay"));
+    let (hub, _) = crate::common::start_hub_process(&op, &relay.url);
+    let home = dir.path().join("swarm");
+    init_home(&home);
+    let mut cmd = pylon(&home);
+    cmd.args([
+        "--relay",
+        &relay.url,
+        "swarm",
+        "--providers",
+        "10",
+        "--fund",
+        "1",
+        "--json",
+    ])
+    .env("PYLON_PASSPHRASE", PASS);
+    let swarm = Spawned::start_until(&mut cmd, "per_idle_node_mib");
+    let node_home = dir.path().join("node");
+    init_home(&node_home);
+    let node = crate::common::start_node_process(&node_home, &[&relay.url], &[]);
+    // The relay dies (no goodbye), and the hub with it.
+    relay.process.signal("KILL");
+    hub.signal("KILL");
+    // Before: a 30-node swarm was still stopping 90 s later. Now: a farewell heartbeat that
+    // waits 3 s at most, nodes stopped at once, tasks given 2 s. The limit is generous for a
+    // loaded machine; the figure is printed.
+    let (status, took) = terminate_within(swarm, "swarm", Duration::from_secs(40));
+    assert!(status.success(), "swarm exit {status:?}");
+    let (node_status, node_took) = terminate_within(node, "node", Duration::from_secs(40));
+    assert!(node_status.success(), "node exit {node_status:?}");
+    eprintln!("stopped with the relay gone: swarm of 10 in {took:?}, node in {node_took:?}");
+}

@@ -10,6 +10,7 @@ mod external_relay;
 mod fallback;
 mod hub_process;
 mod hub_wallet;
+mod lagging_client;
 mod market;
 mod money_drill;
 mod paid_once;

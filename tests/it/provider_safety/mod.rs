@@ -5,6 +5,7 @@
 mod credit;
 mod expiry;
 mod fetch;
+mod intake;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
