@@ -39,7 +39,22 @@ pub struct SizeRun {
     pub all_done: bool,
     /// Busy-phase jobs that did not finish, by failure code (`error` when the buyer itself failed).
     pub failures: std::collections::BTreeMap<String, usize>,
+    /// Buyers sending the burst at once (each with its own connection and wallet).
+    pub buyers: usize,
+    /// Sats the buyers' wallets lost in the burst, by their balances before and after.
+    pub sats_spent: u64,
+    /// Payments beyond one per done job, from the balances (must be 0).
+    pub paid_twice: u64,
+    /// Resident memory of the whole process at the peak of the burst, MiB.
+    pub peak_mib: f64,
+    /// The same once the process has been idle for [`SETTLE`] after the burst, MiB.
+    pub after_burst_mib: f64,
 }
+
+/// Idle time after a burst before its memory is read.
+const SETTLE: Duration = Duration::from_secs(5);
+/// Buyers of the burst.
+const BUYERS: usize = 4;
 
 /// The report.
 #[derive(Debug, Clone, Serialize)]
@@ -66,10 +81,19 @@ pub async fn run(
     let market = Appliance::start(&bench_relay_settings(), None, None, open_hub_settings())
         .await
         .map_err(|e| err(&e))?;
-    let (buyer, _) = market
-        .funded_buyer(&Keys::generate(), 1_000_000_000)
-        .await
-        .map_err(|e| err(&e))?;
+    let mut buyers = Vec::new();
+    for _ in 0..BUYERS {
+        let (buyer, _) = market
+            .funded_buyer(&Keys::generate(), 1_000_000_000)
+            .await
+            .map_err(|e| err(&e))?;
+        buyers.push(buyer);
+    }
+    let price = bench_node_options()
+        .prices
+        .get(&crate::protocol::kinds::CODE_ANALYSIS)
+        .copied()
+        .unwrap_or(1_000);
     let hub = market.hub_keys.public_key();
     let baseline = resident_bytes().unwrap_or(0);
     let mut runs = Vec::new();
@@ -110,6 +134,10 @@ pub async fn run(
                 }
             }
         });
+        let mut balances = 0u64;
+        for b in &buyers {
+            balances += b.balance_msat().await.map_err(|e| err(&e))?;
+        }
         let wait = WaitOptions {
             timeout: Duration::from_secs(120),
             auto_pay: true,
@@ -117,7 +145,7 @@ pub async fn run(
         };
         let tasks: Vec<_> = (0..n * jobs_per_node)
             .map(|i| {
-                let buyer = buyer.clone();
+                let buyer = buyers[i % BUYERS].clone();
                 let job = NewJob {
                     kind: crate::protocol::kinds::CODE_ANALYSIS,
                     inputs: vec![JobInput::text(format!("pub fn swarm_{n}_{i}() {{}}\n"))],
@@ -155,6 +183,15 @@ pub async fn run(
         }
         sampling.store(false, Ordering::SeqCst);
         let _ = sampler.await;
+        // Settlements and receipts trail the last outcome by a moment.
+        tokio::time::sleep(SETTLE).await;
+        let after_burst = resident_bytes().unwrap_or(0);
+        let mut balances_after = 0u64;
+        for b in &buyers {
+            balances_after += b.balance_msat().await.map_err(|e| err(&e))?;
+        }
+        let spent = balances.saturating_sub(balances_after);
+        let done = latencies.len() as u64 - failures.values().sum::<usize>() as u64;
         let mib = |b: f64| round3(b / (1024.0 * 1024.0));
         let per_idle = idle.saturating_sub(before) as f64 / n.max(1) as f64;
         let growth = peak.load(Ordering::SeqCst).saturating_sub(idle) as f64 / n.max(1) as f64;
@@ -167,11 +204,16 @@ pub async fn run(
             busy_latency_ms: Latency::of(&latencies),
             all_done: failures.is_empty(),
             failures,
+            buyers: BUYERS,
+            sats_spent: spent / 1000,
+            paid_twice: (spent / price.max(1)).saturating_sub(done),
+            peak_mib: mib(peak.load(Ordering::SeqCst) as f64),
+            after_burst_mib: mib(after_burst as f64),
         });
         progress(&format!("stopping {n} providers"));
         swarm.stop().await;
     }
-    drop(buyer);
+    drop(buyers);
     market.stop().await;
     let target_idle_mib = 2.0;
     Ok(SwarmBench {

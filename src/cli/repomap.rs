@@ -298,8 +298,13 @@ impl Bar {
             .eta_secs
             .map(|s| format!("{s} s"))
             .unwrap_or_else(|| "?".into());
+        let queued = if p.queued > 0 {
+            format!(" ({} queued)", p.queued)
+        } else {
+            String::new()
+        };
         let line = format!(
-            "[{}{}] {finished}/{}: {} done, {} failed, {} running, {} sats, ETA {eta}",
+            "[{}{}] {finished}/{}: {} done, {} failed, {} running{queued}, {} sats, ETA {eta}",
             "#".repeat(filled),
             ".".repeat(width - filled),
             p.total,

@@ -77,6 +77,8 @@ pub struct Progress {
     pub failed: usize,
     /// In flight.
     pub running: usize,
+    /// Jobs waiting for one of the buyer's in-flight slots (not sent yet).
+    pub queued: usize,
     /// Sats paid so far.
     pub sats_spent: u64,
     /// Estimated seconds left.
@@ -199,6 +201,7 @@ pub async fn map_market(
             },
             _ = ticker.tick() => {
                 let mut p = *lock(&shared.progress);
+                p.queued = buyer.queued();
                 let finished = p.done + p.failed;
                 if finished > 0 {
                     let per = started.elapsed().as_secs_f64() / finished as f64;

@@ -218,6 +218,72 @@ fn record_run_time(s: &Shared, took_ms: u64) {
         });
 }
 
+/// Takes up again a pay-first job whose invoice was outstanding when the node last stopped: the
+/// same invoice is watched until it expires, and the job runs once it is paid. (Closing it as
+/// failed instead would keep a buyer's payment, made while the node was down, for nothing.)
+pub(super) async fn resume(s: Arc<Shared>, rec: JobRecord) {
+    let id = rec.job_id.clone();
+    let fail = |why: &str| {
+        let _ = s.store.jobs().update(
+            &id,
+            Role::Provider,
+            &[
+                Set::Error(FailureCode::ProviderOffline, why.to_string()),
+                Set::State(JobState::Failed),
+            ],
+        );
+    };
+    let event = s
+        .store
+        .jobs()
+        .request_json(&id, Role::Provider)
+        .ok()
+        .flatten()
+        .and_then(|json| Event::from_json(&json).ok());
+    let (Some(event), Some(msats), Some(bolt11), Some(hash), Some(expires_at)) = (
+        event,
+        rec.amount_msat,
+        rec.bolt11.clone(),
+        rec.payment_hash.clone(),
+        rec.invoice_expires_at,
+    ) else {
+        return fail("the node restarted and could not read the job back");
+    };
+    let Ok(request) = JobRequest::from_event(&event, Some(&s.keys)) else {
+        return fail("the node restarted and could not parse the request again");
+    };
+    let left = expires_at.saturating_sub(Timestamp::now().as_secs());
+    if left == 0 {
+        return fail("the invoice expired while the node was down");
+    }
+    s.seen.lock().map(|mut seen| seen.insert(event.id)).ok();
+    tracing::info!(job = %id, "resuming a pay-first job: its invoice is watched for {left} s more");
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    settle::expect(&s, &hash, &id, Some(tx));
+    let job = Job {
+        s: &s,
+        event: &event,
+        request: &request,
+        credit: std::sync::Mutex::new(None),
+    };
+    let amount = Amount {
+        msats,
+        bolt11: Some(bolt11),
+    };
+    let waited = job
+        .await_payment(
+            amount,
+            hash,
+            rx,
+            false,
+            std::time::Duration::from_secs(left),
+        )
+        .await;
+    if let Some(payment) = waited {
+        job.run_paid(msats, payment, None).await;
+    }
+}
+
 /// How a job is to be paid, decided at admission.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum PayFirst {
@@ -315,7 +381,6 @@ impl Job<'_> {
     }
 
     async fn run(&self, price: u64, pay_first: PayFirst, backlog: Option<Backlog<'_>>) {
-        let s = self.s;
         let payment = match pay_first {
             PayFirst::No => Payment::Later,
             PayFirst::Always => match self.pay_first(price, false).await {
@@ -327,6 +392,12 @@ impl Job<'_> {
                 None => return,
             },
         };
+        self.run_paid(price, payment, backlog).await;
+    }
+
+    /// The rest of a job once its payment terms are settled: inputs, slot, execution.
+    async fn run_paid(&self, price: u64, payment: Payment, backlog: Option<Backlog<'_>>) {
+        let s = self.s;
         let _backlog = backlog.unwrap_or_else(|| Backlog::join(s));
         let request = match self.inputs().await {
             Ok(r) => r,

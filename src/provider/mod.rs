@@ -339,7 +339,7 @@ impl Node {
             started: Instant::now(),
             started_at: Timestamp::now(),
         });
-        settle::resume(&shared)?;
+        let pay_first = settle::resume(&shared)?;
         let announcement = Announcement::to_event(
             &shared.keys,
             "pylon",
@@ -365,6 +365,10 @@ impl Node {
             tokio::spawn(heartbeats(shared.clone(), stopped.clone())),
             tokio::spawn(settle::watch(shared.clone(), stopped)),
         ];
+        let mut tasks = tasks;
+        for rec in pay_first {
+            tasks.push(tokio::spawn(job::resume(shared.clone(), rec)));
+        }
         tracing::info!(provider = %shared.keys.public_key(), kinds = ?shared.executors.kinds(), "node up");
         Ok(Self {
             shared,

@@ -16,11 +16,10 @@ use nostr_sdk::{EventId, Timestamp};
 use tokio::sync::watch;
 
 use super::{PaidSignal, Shared};
-use crate::protocol::failure::FailureCode;
 use crate::protocol::nip47::PAYMENT_RECEIVED;
 use crate::protocol::receipt::Receipt;
 use crate::protocol::settlement::Attestation;
-use crate::store::{now_ms, JobState, Role, Set, Stamp, StoreError};
+use crate::store::{now_ms, JobRecord, JobState, Role, Set, Stamp, StoreError};
 
 /// Most invoices looked up per poll tick, so a large backlog never floods the wallet.
 const LOOKUPS_PER_TICK: usize = 25;
@@ -92,31 +91,22 @@ pub(super) fn forget(s: &Shared, payment_hash: &str) {
     let _ = take(s, payment_hash);
 }
 
-/// Picks up invoices left pending by a previous run. Pay-first jobs whose runner is gone are
-/// closed as failed: nothing will run them now.
-pub(super) fn resume(s: &Shared) -> Result<(), StoreError> {
+/// Picks up invoices left pending by a previous run, and returns the pay-first jobs among them
+/// (not run yet: the caller resumes them, see `job::resume`).
+pub(super) fn resume(s: &Shared) -> Result<Vec<JobRecord>, StoreError> {
     let jobs = s.store.jobs().awaiting_payment()?;
+    let mut pay_first = Vec::new();
     for rec in jobs {
         let Some(hash) = rec.payment_hash.clone() else {
             continue;
         };
         if rec.state == Some(JobState::PaymentRequired) {
-            s.store.jobs().update(
-                &rec.job_id,
-                Role::Provider,
-                &[
-                    Set::Error(
-                        FailureCode::ProviderOffline,
-                        "the node restarted before the job ran".into(),
-                    ),
-                    Set::State(JobState::Failed),
-                ],
-            )?;
+            pay_first.push(rec);
             continue;
         }
         expect(s, &hash, &rec.job_id, None);
     }
-    Ok(())
+    Ok(pay_first)
 }
 
 /// The settlement loop.

@@ -144,7 +144,7 @@ impl Job<'_> {
                 return None;
             }
         };
-        let (tx, mut rx) = tokio::sync::oneshot::channel();
+        let (tx, rx) = tokio::sync::oneshot::channel();
         let hash = self.payment_hash();
         settle::expect(s, &hash, &self.id(), Some(tx));
         self.update(&[Set::State(JobState::PaymentRequired)]);
@@ -159,7 +159,23 @@ impl Job<'_> {
         };
         self.feedback(JobStatus::PaymentRequired, &why, Some(amount.clone()))
             .await;
-        let deadline = tokio::time::sleep(Duration::from_secs(s.options.invoice_expiry_secs));
+        let expiry = Duration::from_secs(s.options.invoice_expiry_secs);
+        self.await_payment(amount, hash, rx, waivable, expiry).await
+    }
+
+    /// Waits up to `expiry` for the invoice of a pay-first job (`rx` wakes when it settles):
+    /// paid, waived (a `waivable` job whose buyer paid here meanwhile), or failed as unpaid.
+    /// Also how a job resumes after a restart (see `job::resume`).
+    pub(super) async fn await_payment(
+        &self,
+        amount: Amount,
+        hash: String,
+        mut rx: tokio::sync::oneshot::Receiver<super::settle::Settled>,
+        waivable: bool,
+        expiry: Duration,
+    ) -> Option<Payment> {
+        let s = self.s;
+        let deadline = tokio::time::sleep(expiry);
         tokio::pin!(deadline);
         let waited = loop {
             // Registered before the check, so a payment recorded in between still wakes us.

@@ -287,3 +287,51 @@ async fn a_buyer_follows_at_most_its_in_flight_limit_and_queues_the_rest() {
     drop(node);
     drop(m);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_pay_first_job_paid_while_its_node_was_down_runs_when_the_node_is_back() {
+    let m = Market::start().await;
+    let (keys, wallet_keys) = (Keys::generate(), Keys::generate());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let options = NodeOptions {
+        payment: pylon::provider::PaymentMode::Before,
+        ..generous()
+    };
+    let node = super::start_node(&m, &keys, &wallet_keys, dir.path(), options.clone()).await;
+    let provider = node.public_key();
+    let (b, relay, _bd) = buyer_on(&m, Some(100)).await;
+    let id = b
+        .submit(&code_job(
+            JobInput::text("fn paid_first() {}\n"),
+            "p.rs",
+            provider,
+        ))
+        .await
+        .expect("submit")
+        .id;
+    let asked = super::answers_when(&relay, &[id], |a| a[0].payment_required().is_some()).await;
+    let amount = asked[0]
+        .payment_required()
+        .and_then(|f| f.amount.clone())
+        .expect("an invoice");
+    // The node dies with the invoice outstanding; the buyer pays while it is down.
+    node.kill().await;
+    b.pay_amount(&id, &provider, &amount, None)
+        .await
+        .expect("paid");
+    let node = super::start_node(&m, &keys, &wallet_keys, dir.path(), options).await;
+    let done = super::answers_when(&relay, &[id], |a| !a[0].results.is_empty()).await;
+    assert_eq!(done[0].results.len(), 1, "{done:?}");
+    assert!(
+        done[0]
+            .feedback
+            .iter()
+            .all(|f| f.status != JobStatus::Error),
+        "no failure was published: {done:?}"
+    );
+    let analysis: serde_json::Value =
+        serde_json::from_str(&done[0].results[0].content).expect("json");
+    assert_eq!(analysis["path"], "p.rs", "{analysis}");
+    drop(node);
+    drop(m);
+}
