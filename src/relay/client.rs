@@ -46,8 +46,15 @@ const PUBLISH_BACKPRESSURE: Duration = Duration::from_secs(10);
 const RATE_LIMIT_PATIENCE: Duration = Duration::from_secs(60);
 const RATE_LIMIT_FIRST_PAUSE: Duration = Duration::from_millis(250);
 const RATE_LIMIT_MAX_PAUSE: Duration = Duration::from_secs(4);
-/// How long the look-up after a missing `OK` may take.
+/// How long the first ephemeral event to a relay listens for an `OK` (to learn whether the
+/// relay answers them), and how long later ones wait on a relay known to answer.
+const EPHEMERAL_OK_PROBE: Duration = Duration::from_millis(500);
+const EPHEMERAL_OK_WAIT: Duration = Duration::from_secs(5);
+/// How long the look-up after a missing `OK` may take, how often it is tried, and the pause
+/// between tries.
 const CONFIRM_LOOKUP: Duration = Duration::from_secs(5);
+const CONFIRM_ATTEMPTS: usize = 4;
+const CONFIRM_PAUSE: Duration = Duration::from_millis(500);
 /// Extra time nostr-sdk's own fetch timeout gets beyond ours (see `fetch_complete`).
 const FETCH_SLACK: Duration = Duration::from_secs(5);
 
@@ -213,6 +220,9 @@ pub struct MarketClient {
     subscriptions: Arc<resub::Registry>,
     /// The watcher that keeps them alive; aborted on shutdown and drop.
     healer: JoinHandle<()>,
+    /// Whether the relays answer `OK` to ephemeral events, learned from the first one sent
+    /// (see [`MarketClient::send_ephemeral`]).
+    ephemeral_ok: std::sync::Mutex<HashMap<RelayUrl, bool>>,
 }
 
 impl Drop for MarketClient {
@@ -330,6 +340,7 @@ impl MarketClient {
             embedded,
             subscriptions,
             healer,
+            ephemeral_ok: std::sync::Mutex::new(HashMap::new()),
         }
     }
 
@@ -398,17 +409,21 @@ impl MarketClient {
             Err(ClientError::Unconfirmed { .. }) if !event.kind.is_ephemeral() => {}
             other => return other,
         }
-        for attempt in 0..2 {
+        let mut resent = false;
+        for _ in 0..CONFIRM_ATTEMPTS {
             match self.is_stored(event.id).await {
                 Some(true) => return Ok(event.id),
-                Some(false) if attempt == 0 => {
+                Some(false) if !resent => {
+                    resent = true;
                     tracing::debug!(event = %event.id, "no OK and not on the relay; sending it again");
                     match self.send_until_answered(event).await {
-                        Err(ClientError::Unconfirmed { .. }) => continue,
+                        Err(ClientError::Unconfirmed { .. }) => {}
                         other => return other,
                     }
                 }
-                _ => break,
+                // Absent after a second send, or no complete answer (a client still behind in
+                // a burst): ask again in a moment.
+                _ => tokio::time::sleep(CONFIRM_PAUSE).await,
             }
         }
         Err(ClientError::Unconfirmed {
@@ -425,15 +440,10 @@ impl MarketClient {
         let mut limited_pause = RATE_LIMIT_FIRST_PAUSE;
         loop {
             let failed = if event.kind.is_ephemeral() {
-                let urls = self.relay_urls().await;
-                let output = self
-                    .client
-                    .send_msg_to(urls, ClientMessage::event(event.clone()))
-                    .await?;
-                if !output.success.is_empty() {
-                    return Ok(event.id);
+                match self.send_ephemeral(event).await? {
+                    None => return Ok(event.id),
+                    Some(failed) => failed,
                 }
-                output.failed
             } else {
                 let output = self.client.send_event(event).await?;
                 if !output.success.is_empty() {
@@ -468,13 +478,110 @@ impl MarketClient {
         }
     }
 
+    /// Sends an ephemeral event: `None` when sent (and not refused), else each relay's reason.
+    ///
+    /// Some relays never answer `OK` to ephemeral events (nostr-rs-relay 0.8), so waiting for one
+    /// would stall every wallet call; others (Pylon's, public relays with rate limits) answer,
+    /// and a `rate-limited:` refusal must not pass for a sent wallet request. So the first
+    /// ephemeral event to each relay listens briefly for its `OK`, and the relay is remembered as
+    /// answering or silent: answering relays' `OK`s are then awaited, silent ones are not.
+    async fn send_ephemeral(
+        &self,
+        event: &Event,
+    ) -> Result<Option<HashMap<RelayUrl, String>>, ClientError> {
+        let mut notes = self.client.notifications();
+        let urls = self.relay_urls().await;
+        let output = self
+            .client
+            .send_msg_to(urls.clone(), ClientMessage::event(event.clone()))
+            .await?;
+        if output.success.is_empty() {
+            return Ok(Some(output.failed));
+        }
+        let known: HashMap<RelayUrl, bool> = self
+            .ephemeral_ok
+            .lock()
+            .map(|m| m.clone())
+            .unwrap_or_default();
+        let mut waiting: Vec<RelayUrl> = output
+            .success
+            .iter()
+            .filter(|u| known.get(*u) != Some(&false))
+            .cloned()
+            .collect();
+        if waiting.is_empty() {
+            return Ok(None);
+        }
+        let learning = waiting.iter().any(|u| !known.contains_key(u));
+        let patience = if learning {
+            EPHEMERAL_OK_PROBE
+        } else {
+            EPHEMERAL_OK_WAIT
+        };
+        let deadline = tokio::time::Instant::now() + patience;
+        let mut refused: HashMap<RelayUrl, String> = HashMap::new();
+        let mut accepted = false;
+        while !waiting.is_empty() {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let note = match tokio::time::timeout(left, notes.recv()).await {
+                Err(_) => break,
+                Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => continue,
+                Ok(Err(tokio::sync::broadcast::error::RecvError::Closed)) => break,
+                Ok(Ok(note)) => note,
+            };
+            let RelayPoolNotification::Message {
+                relay_url,
+                message:
+                    nostr_sdk::RelayMessage::Ok {
+                        event_id,
+                        status,
+                        message,
+                    },
+            } = note
+            else {
+                continue;
+            };
+            if event_id != event.id || !waiting.contains(&relay_url) {
+                continue;
+            }
+            waiting.retain(|u| *u != relay_url);
+            if let Ok(mut m) = self.ephemeral_ok.lock() {
+                m.insert(relay_url.clone(), true);
+            }
+            if status {
+                accepted = true;
+            } else {
+                refused.insert(relay_url, message.into_owned());
+            }
+        }
+        if learning {
+            if let Ok(mut m) = self.ephemeral_ok.lock() {
+                for u in &waiting {
+                    // Silent within the probe: a relay that does not answer ephemeral events.
+                    m.entry(u.clone()).or_insert(false);
+                }
+            }
+        }
+        // Sent to some relay that took it (or never answers): sent. Refused everywhere it was
+        // answered, and nowhere else: the refusals decide.
+        let silent_somewhere = output.success.iter().any(|u| !refused.contains_key(u));
+        if accepted || silent_somewhere {
+            return Ok(None);
+        }
+        Ok(Some(refused))
+    }
+
     /// Whether a relay holds event `id`: `Some(true)` if one returned it, `Some(false)` if one
     /// answered completely without it, `None` if none could answer.
     async fn is_stored(&self, id: EventId) -> Option<bool> {
-        match self
-            .fetch_complete(Filter::new().id(id).limit(1), CONFIRM_LOOKUP)
-            .await
-        {
+        let filter = Filter::new().id(id).limit(1);
+        // Seeing the event settles it, even in an answer cut short by a lag elsewhere.
+        if let Ok(found) = self.fetch(filter.clone(), CONFIRM_LOOKUP).await {
+            if found.into_iter().any(|e| e.id == id) {
+                return Some(true);
+            }
+        }
+        match self.fetch_complete(filter, CONFIRM_LOOKUP).await {
             Ok(found) => Some(found.into_iter().any(|e| e.id == id)),
             Err(e) => {
                 tracing::debug!(event = %id, "look-up failed: {e}");

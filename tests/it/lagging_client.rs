@@ -69,12 +69,25 @@ async fn publishes_succeed_while_a_burst_overruns_the_clients_channel() {
         mine.push(ev.id);
     }
     let _raw = flood.await.expect("flood");
-    // And every one of them is on the relay.
-    let stored = client
-        .fetch_complete(Filter::new().ids(mine.clone()), Duration::from_secs(10))
-        .await
-        .expect("look-up");
-    assert_eq!(stored.len(), mine.len());
+    // And every one of them is on the relay, by a complete look-up once the flood has drained
+    // (while it still arrives, the client's channel lags and look-ups say they are incomplete).
+    let mut stored = None;
+    for _ in 0..60 {
+        match client
+            .fetch_complete(Filter::new().ids(mine.clone()), Duration::from_secs(10))
+            .await
+        {
+            Ok(found) => {
+                stored = Some(found);
+                break;
+            }
+            Err(e) => {
+                eprintln!("look-up not complete yet: {e}");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+    assert_eq!(stored.expect("a complete look-up").len(), mine.len());
     relay.shutdown().await;
 }
 

@@ -392,3 +392,44 @@ fn the_budget_is_never_exceeded() {
         m.stop().await;
     });
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_map_completes_through_a_relay_that_allows_ten_events_a_second_per_connection() {
+    let repo = tempfile::tempdir().expect("tempdir");
+    sample::generate(repo.path(), 20).expect("sample");
+    let (files, _) = walk::collect(repo.path(), &[], &[]).expect("walk");
+    // Like a public relay: 10 events/s per connection, a burst of 10. The hub, which answers
+    // every wallet on the relay, is exempt, as its operator would configure it.
+    let hub = Keys::generate();
+    let node_key = bitcoin::secp256k1::SecretKey::from_slice(&[7u8; 32]).expect("key");
+    let settings = RelaySettings {
+        events_per_second: 10,
+        event_burst: 10,
+        rate_limit_exempt: vec![hub.public_key()],
+        ..relay_settings()
+    };
+    let mut m = Appliance::start(&settings, None, Some((hub, node_key)), open_hub_settings())
+        .await
+        .expect("appliance");
+    m.add_providers(3, &node_options())
+        .await
+        .expect("providers");
+    let keys = Keys::generate();
+    let (buyer, _) = m.funded_buyer(&keys, 10_000_000).await.expect("buyer");
+    let relay = pylon::appliance::connect(&keys, &m.url)
+        .await
+        .expect("relay");
+    let options = Options {
+        timeout: Duration::from_secs(60),
+        ..Options::default()
+    };
+    let (report, _, _) = fanout::map_market(&files, buyer.clone(), &relay, &options, |_| {})
+        .await
+        .expect("map");
+    assert_eq!(report.mapped, 20, "{:?}", report.failed);
+    assert_eq!(report.spent_msats, 20 * 1000, "every file paid once");
+    assert!(m.audit().expect("audit").ok);
+    relay.shutdown().await;
+    drop(buyer);
+    m.stop().await;
+}
