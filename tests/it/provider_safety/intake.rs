@@ -335,3 +335,47 @@ async fn a_pay_first_job_paid_while_its_node_was_down_runs_when_the_node_is_back
     drop(node);
     drop(m);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_map_survives_a_provider_killed_and_restarted_with_its_identity() {
+    use pylon::fanout::{self, sample, walk, Options};
+    let m = Market::start().await;
+    let mut nodes = Vec::new();
+    let mut dirs = Vec::new();
+    let mut identities = Vec::new();
+    for _ in 0..3 {
+        let (keys, wallet_keys) = (Keys::generate(), Keys::generate());
+        let dir = tempfile::tempdir().expect("tempdir");
+        nodes.push(super::start_node(&m, &keys, &wallet_keys, dir.path(), generous()).await);
+        identities.push((keys, wallet_keys));
+        dirs.push(dir);
+    }
+    let repo = tempfile::tempdir().expect("tempdir");
+    sample::generate(repo.path(), 60).expect("sample");
+    let (files, _) = walk::collect(repo.path(), &[], &[]).expect("walk");
+    let (b, relay, _bd) = buyer_on(&m, Some(10_000)).await;
+    let b = Arc::new(b);
+    let options = Options {
+        timeout: Duration::from_secs(10),
+        parallel: 4,
+        ..Options::default()
+    };
+    let map = tokio::spawn({
+        let (b, relay, options) = (b.clone(), relay.clone(), options.clone());
+        async move { fanout::map_market(&files, b, &relay, &options, |_| {}).await }
+    });
+    // Mid-run, the first provider crashes, and comes back with the same keys and store.
+    let victim = nodes.remove(0);
+    status_until(&victim, Duration::from_secs(60), |s| s.served >= 3).await;
+    victim.kill().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (keys, wallet_keys) = &identities[0];
+    let back = super::start_node(&m, keys, wallet_keys, dirs[0].path(), generous()).await;
+    let (report, mapped, _) = map.await.expect("task").expect("map");
+    assert_eq!(report.mapped, 60, "{:?}", report.failed);
+    assert_eq!(report.spent_msats, 60 * 1_000, "every file paid once");
+    assert_eq!(mapped.len(), 60);
+    assert!(m.audit().ok);
+    drop((back, nodes));
+    drop(m);
+}
