@@ -18,6 +18,7 @@ mod quality;
 mod relay_hardening;
 mod relay_process;
 mod relay_protocol;
+mod relay_public;
 mod relay_store;
 mod repomap;
 mod resubscribe;
