@@ -25,3 +25,4 @@ mod resubscribe;
 mod secrets;
 mod textgen;
 mod trust;
+mod wan;
