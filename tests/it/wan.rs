@@ -231,6 +231,16 @@ async fn a_nostr_client_behind_the_proxy_reconnects_resubscribes_and_publishes_a
     client.shutdown().await;
 }
 
+/// The sum of a `{code: count}` object.
+fn total(counts: &Value) -> u64 {
+    counts
+        .as_object()
+        .expect("an object of counts")
+        .values()
+        .filter_map(Value::as_u64)
+        .sum()
+}
+
 #[test]
 fn bench_wan_prints_its_figures_as_json() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -267,12 +277,7 @@ fn bench_wan_prints_its_figures_as_json() {
     let paid = &wan["paid_loop"];
     assert_eq!(paid["jobs"], 3, "{paid}");
     let done = paid["done"].as_u64().expect("done");
-    let failed_jobs: u64 = paid["failures"]
-        .as_object()
-        .expect("failures")
-        .values()
-        .filter_map(Value::as_u64)
-        .sum();
+    let failed_jobs = total(&paid["failures"]);
     assert_eq!(
         done + failed_jobs,
         3,
@@ -282,12 +287,7 @@ fn bench_wan_prints_its_figures_as_json() {
     let map = &wan["repomap"];
     assert_eq!(map["files"], 20, "{map}");
     let completed = map["completed"].as_u64().expect("completed");
-    let listed: u64 = map["failures"]
-        .as_object()
-        .expect("failures")
-        .values()
-        .filter_map(Value::as_u64)
-        .sum();
+    let listed = total(&map["failures"]);
     assert!(
         completed == 20 || listed > 0,
         "all mapped, or the failures are listed: {map}"
