@@ -82,14 +82,16 @@ pub struct PaidLoop {
     pub done: usize,
     /// Submit → receipt, each job alone.
     pub end_to_end_ms: Latency,
-    /// p50 ÷ the RTT set on the proxy.
-    pub p50_over_rtt: f64,
+    /// p50 ÷ the RTT set on the proxy (null on the direct path, which has none).
+    pub p50_over_rtt: Option<f64>,
     /// p50 ÷ the publish → OK round trip measured through the proxy.
     pub p50_over_measured_rtt: f64,
     /// Stages from the buyer's store.
     pub stages: Stages,
     /// Jobs not done, by failure code (or error).
     pub failures: BTreeMap<String, usize>,
+    /// One full reason for each bucket of `failures`.
+    pub failure_examples: BTreeMap<String, String>,
 }
 
 /// The repo map.
@@ -111,6 +113,8 @@ pub struct WanRepomap {
     pub deadline_hit: bool,
     /// Files given up (or still open at the deadline), by reason.
     pub failures: BTreeMap<String, usize>,
+    /// One full reason for each bucket of `failures`.
+    pub failure_examples: BTreeMap<String, String>,
     /// Providers that delivered.
     pub providers_used: usize,
     /// Duplicates sent to other providers for slow files.
@@ -185,7 +189,10 @@ pub async fn run(options: WanOptions, progress: impl Fn(&str)) -> Result<WanBenc
     let target_p50_over_rtt = 6.0;
     let target_map_secs = 120.0;
     let targets_met = wan.paid_loop.done == wan.paid_loop.jobs
-        && wan.paid_loop.p50_over_rtt <= target_p50_over_rtt
+        && wan
+            .paid_loop
+            .p50_over_rtt
+            .is_some_and(|x| x <= target_p50_over_rtt)
         && wan.repomap.completed == wan.repomap.files
         && wan.repomap.wall_secs <= target_map_secs;
     Ok(WanBench {
@@ -256,7 +263,8 @@ async fn scenario(
         .map_err(err)?;
 
     progress(&format!("{} paid jobs one at a time", options.sequential));
-    let paid_loop = paid_loop(&market, &providers, options, round_trip_ms.p50).await?;
+    let nominal_rtt = profile.map(|p| p.up + p.down);
+    let paid_loop = paid_loop(&market, &providers, options, nominal_rtt, round_trip_ms.p50).await?;
 
     progress(&format!(
         "repo map: {} files through {} providers",
@@ -334,6 +342,7 @@ async fn paid_loop(
     market: &Appliance,
     providers: &[nostr_sdk::PublicKey],
     options: &WanOptions,
+    nominal_rtt: Option<Duration>,
     measured_rtt_ms: f64,
 ) -> Result<PaidLoop, BenchError> {
     let (buyer, store) = market
@@ -346,7 +355,7 @@ async fn paid_loop(
         max_msats: None,
     };
     let mut took = Vec::new();
-    let mut failures: BTreeMap<String, usize> = BTreeMap::new();
+    let mut reasons: Vec<String> = Vec::new();
     let jobs = options.sequential.max(1);
     for i in 0..jobs {
         let started = Instant::now();
@@ -355,29 +364,29 @@ async fn paid_loop(
             .await
         {
             Ok(o) if o.status == JobState::Done => took.push(started.elapsed()),
-            Ok(o) => {
-                let code = o
-                    .failure
-                    .map(|f| f.as_str().to_string())
-                    .unwrap_or_else(|| format!("{:?}", o.status).to_lowercase());
-                *failures.entry(code).or_default() += 1;
-            }
-            Err(e) => *failures.entry(reason_code(&e.to_string())).or_default() += 1,
+            Ok(o) => reasons.push(match (o.failure, o.message) {
+                (Some(code), Some(m)) => format!("{}: {m}", code.as_str()),
+                (Some(code), None) => code.as_str().to_string(),
+                (None, _) => format!("{:?}", o.status).to_lowercase(),
+            }),
+            Err(e) => reasons.push(e.to_string()),
         }
     }
+    let (failures, failure_examples) = bucket(reasons.iter().map(String::as_str));
     let ids = job_ids(&store, jobs);
     let stages = stages(&store, &ids);
     drop(buyer);
     let end_to_end_ms = Latency::of(&took);
-    let rtt_ms = options.rtt.as_secs_f64() * 1000.0;
     Ok(PaidLoop {
         jobs,
         done: took.len(),
-        p50_over_rtt: round3(end_to_end_ms.p50 / rtt_ms.max(1e-9)),
+        p50_over_rtt: nominal_rtt
+            .map(|rtt| round3(end_to_end_ms.p50 / (rtt.as_secs_f64() * 1000.0).max(1e-9))),
         p50_over_measured_rtt: round3(end_to_end_ms.p50 / measured_rtt_ms.max(1e-9)),
         end_to_end_ms,
         stages,
         failures,
+        failure_examples,
     })
 }
 
@@ -403,10 +412,8 @@ async fn repomap(
     match tokio::time::timeout(deadline, run).await {
         Ok(report) => {
             let report = report?;
-            let mut failures: BTreeMap<String, usize> = BTreeMap::new();
-            for f in &report.failed {
-                *failures.entry(reason_code(&f.reason)).or_default() += 1;
-            }
+            let (failures, failure_examples) =
+                bucket(report.failed.iter().map(|f| f.reason.as_str()));
             Ok(WanRepomap {
                 files,
                 providers,
@@ -416,6 +423,7 @@ async fn repomap(
                 wall_secs: report.wall_secs,
                 deadline_hit: false,
                 failures,
+                failure_examples,
                 providers_used: report.providers_used,
                 straggler_duplicates: report.straggler_duplicates,
             })
@@ -439,6 +447,7 @@ async fn repomap(
                 wall_secs: round3(started.elapsed().as_secs_f64()),
                 deadline_hit: true,
                 failures,
+                failure_examples: BTreeMap::new(),
                 providers_used: 0,
                 straggler_duplicates: 0,
             })
@@ -446,16 +455,59 @@ async fn repomap(
     }
 }
 
-/// The code part of a failure reason: the words before its first colon (`timeout: …` →
-/// `timeout`), so reasons group into a few buckets.
+/// NIP-01 prefixes a relay's refusal may carry, and client-side causes worth their own bucket.
+const CAUSES: [&str; 10] = [
+    "rate-limited:",
+    "blocked:",
+    "invalid:",
+    "restricted:",
+    "auth-required:",
+    "pow:",
+    "error:",
+    "relay not connected",
+    "timeout",
+    "premature exit",
+];
+
+/// A failure reason reduced to a bucket: its first clause without ids (hex runs) or relay
+/// URLs, plus the relay's refusal prefix or the client-side cause when the reason names one
+/// (`no relay accepted event <id>: ws://…: rate-limited: …` → `no relay accepted event
+/// (rate-limited)`).
 fn reason_code(reason: &str) -> String {
-    let head = reason.split(':').next().unwrap_or(reason).trim();
-    let head: String = head.chars().take(48).collect();
-    if head.is_empty() {
-        "unknown".into()
+    let head: Vec<&str> = reason
+        .split(':')
+        .next()
+        .unwrap_or(reason)
+        .split_whitespace()
+        .filter(|w| !(w.len() >= 16 && w.chars().all(|c| c.is_ascii_hexdigit())))
+        .collect();
+    let head: String = head.join(" ").chars().take(48).collect();
+    let head = if head.is_empty() {
+        "unknown".to_string()
     } else {
         head
+    };
+    let rest = reason.split_once(':').map_or("", |(_, r)| r);
+    match CAUSES.iter().find(|c| rest.contains(*c)) {
+        Some(c) => format!("{head} ({})", c.trim_end_matches(':')),
+        None => head,
     }
+}
+
+/// Counts `reasons` by bucket, keeping the first full reason of each as an example.
+fn bucket<'a>(
+    reasons: impl IntoIterator<Item = &'a str>,
+) -> (BTreeMap<String, usize>, BTreeMap<String, String>) {
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    let mut examples = BTreeMap::new();
+    for r in reasons {
+        let code = reason_code(r);
+        *counts.entry(code.clone()).or_default() += 1;
+        examples
+            .entry(code)
+            .or_insert_with(|| r.chars().take(300).collect());
+    }
+    (counts, examples)
 }
 
 #[cfg(test)]
@@ -468,5 +520,15 @@ mod tests {
         assert_eq!(reason_code("payment failed: boom: x"), "payment failed");
         assert_eq!(reason_code("Failed"), "Failed");
         assert_eq!(reason_code(""), "unknown");
+        let id = "ab".repeat(32);
+        assert_eq!(
+            reason_code(&format!(
+                "no relay accepted event {id}: ws://127.0.0.1:1: rate-limited: slow down"
+            )),
+            "no relay accepted event (rate-limited)"
+        );
+        let (counts, examples) = bucket(["a: x", "a: y", "b"]);
+        assert_eq!(counts["a"], 2);
+        assert_eq!(examples["a"], "a: x");
     }
 }

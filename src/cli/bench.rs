@@ -502,13 +502,16 @@ fn print_wan(r: &crate::bench::wan::WanBench) {
     for s in std::iter::once(&r.wan).chain(r.direct.as_ref()) {
         let l = &s.paid_loop;
         println!(
-            "{:>6}: paid loop {}/{} done, p50 {:.1} ms = {:.1}x RTT (target ≤ {}x); failures {:?}",
+            "{:>6}: paid loop {}/{} done, p50 {:.1} ms = {:.1}x the measured round trip{}; failures {:?}",
             s.path,
             l.done,
             l.jobs,
             l.end_to_end_ms.p50,
-            l.p50_over_rtt,
-            r.target_p50_over_rtt,
+            l.p50_over_measured_rtt,
+            l.p50_over_rtt.map_or(String::new(), |x| format!(
+                ", {x:.1}x RTT (target ≤ {}x)",
+                r.target_p50_over_rtt
+            )),
             l.failures
         );
         let m = &s.repomap;

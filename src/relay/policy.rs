@@ -1,5 +1,5 @@
-//! What the embedded relay refuses, and why: size, allow-lists, proof of work on job requests,
-//! dates in the future, and (in the session, per connection) a rate limit.
+//! What the embedded relay refuses, and why: size, allow- and deny-lists, proof of work on job
+//! requests, dates in the future, and (in the session, per connection) a rate limit.
 //!
 //! Every refusal carries a NIP-01 machine-readable prefix so clients can act on it: a client
 //! told `rate-limited:` slows down, one told `invalid:` fixes its event, one told
