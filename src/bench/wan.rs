@@ -54,6 +54,9 @@ pub struct WanOptions {
     pub map_deadline: Duration,
     /// Also run everything straight to the relay (no proxy, same relay limits) for comparison.
     pub direct_baseline: bool,
+    /// A relay outage during the repo map: after how long, and for how long, the proxy's kill
+    /// switch cuts every connection and turns new ones away.
+    pub outage: Option<(Duration, Duration)>,
 }
 
 /// The network and relay limits the run used.
@@ -71,6 +74,10 @@ pub struct Conditions {
     pub event_burst: u32,
     /// Bandwidth cap, bytes/s per connection and direction.
     pub bytes_per_sec: Option<u64>,
+    /// Seconds into the repo map the outage began (null: none).
+    pub outage_after_secs: Option<f64>,
+    /// Seconds the outage lasted.
+    pub outage_secs: Option<f64>,
 }
 
 /// The sequential paid loop.
@@ -203,6 +210,8 @@ pub async fn run(options: WanOptions, progress: impl Fn(&str)) -> Result<WanBenc
             events_per_sec: options.events_per_sec,
             event_burst: options.event_burst,
             bytes_per_sec: options.bytes_per_sec,
+            outage_after_secs: options.outage.map(|(after, _)| after.as_secs_f64()),
+            outage_secs: options.outage.map(|(_, length)| length.as_secs_f64()),
         },
         direct_round_trip_ms,
         wan,
@@ -235,7 +244,9 @@ async fn scenario(
         .map_err(err)?;
     let direct_url = relay.url();
     let proxy = match profile {
-        Some(p) => Some(WanProxy::start(relay.local_addr(), p).await.map_err(err)?),
+        Some(p) => Some(Arc::new(
+            WanProxy::start(relay.local_addr(), p).await.map_err(err)?,
+        )),
         None => None,
     };
     let url = match &proxy {
@@ -271,9 +282,30 @@ async fn scenario(
         sources.len(),
         providers.len()
     ));
-    let repomap = repomap(&market, sources, providers.len(), options.map_deadline).await?;
+    let outage = match (&proxy, options.outage) {
+        (Some(proxy), Some((after, length))) => {
+            let proxy = proxy.clone();
+            Some(tokio::spawn(async move {
+                tokio::time::sleep(after).await;
+                tracing::info!("bench wan: relay outage for {length:?}");
+                proxy.kill();
+                tokio::time::sleep(length).await;
+                proxy.revive();
+            }))
+        }
+        _ => None,
+    };
+    let repomap = repomap(&market, sources, providers.len(), options.map_deadline).await;
+    if let Some(task) = outage {
+        // A map that ended during the outage must not leave the relay unreachable for the rest.
+        task.abort();
+        if let Some(p) = &proxy {
+            p.revive();
+        }
+    }
+    let repomap = repomap?;
 
-    let proxy_counters = proxy.as_ref().map(WanProxy::counters);
+    let proxy_counters = proxy.as_deref().map(WanProxy::counters);
     let audit_ok = market.audit().map(|a| a.ok).unwrap_or(false);
     progress("stopping");
     // Nodes finish their jobs before stopping; through a lossy link that can take long, and the

@@ -64,6 +64,12 @@ pub(crate) struct WanArgs {
     /// Also run everything straight to the relay, for comparison
     #[arg(long)]
     direct_baseline: bool,
+    /// A relay outage this long during the repo map (the proxy's kill switch), seconds; 0: none
+    #[arg(long, default_value_t = 0)]
+    outage_secs: u64,
+    /// When the outage begins, seconds into the repo map
+    #[arg(long, default_value_t = 10)]
+    outage_after_secs: u64,
     /// Print JSON
     #[arg(long)]
     json: bool,
@@ -213,6 +219,12 @@ pub(crate) async fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
                 providers: args.providers.max(1),
                 map_deadline: std::time::Duration::from_secs(args.map_deadline_secs.max(1)),
                 direct_baseline: args.direct_baseline,
+                outage: (args.outage_secs > 0).then(|| {
+                    (
+                        std::time::Duration::from_secs(args.outage_after_secs),
+                        std::time::Duration::from_secs(args.outage_secs),
+                    )
+                }),
             };
             let r = crate::bench::wan::run(options, |l| eprintln!("bench: {l}")).await?;
             if args.json {
@@ -532,8 +544,8 @@ fn print_wan(r: &crate::bench::wan::WanBench) {
         );
         if let Some(p) = &s.proxy {
             println!(
-                "{:>6}: proxy accepted {}, random cuts {}, refused {}, {} B up, {} B down",
-                s.path, p.accepted, p.random_drops, p.refused, p.bytes_up, p.bytes_down
+                "{:>6}: proxy accepted {}, random cuts {}, cut by the outage {}, refused {}, {} B up, {} B down",
+                s.path, p.accepted, p.random_drops, p.cut, p.refused, p.bytes_up, p.bytes_down
             );
         }
     }
