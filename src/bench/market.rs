@@ -179,7 +179,7 @@ pub async fn run(options: LoopOptions, progress: impl Fn(&str)) -> Result<LoopBe
     })
 }
 
-fn job(i: usize, provider: PublicKey) -> NewJob {
+pub(crate) fn job(i: usize, provider: PublicKey) -> NewJob {
     NewJob {
         kind: crate::protocol::kinds::CODE_ANALYSIS,
         inputs: vec![JobInput::text(format!(
@@ -192,7 +192,7 @@ fn job(i: usize, provider: PublicKey) -> NewJob {
     }
 }
 
-fn job_ids(store: &Store, n: usize) -> Vec<String> {
+pub(crate) fn job_ids(store: &Store, n: usize) -> Vec<String> {
     store
         .jobs()
         .list(Some(Role::Buyer), n as u64)
@@ -200,7 +200,7 @@ fn job_ids(store: &Store, n: usize) -> Vec<String> {
         .unwrap_or_default()
 }
 
-fn stages(store: &Store, ids: &[String]) -> Stages {
+pub(crate) fn stages(store: &Store, ids: &[String]) -> Stages {
     let mut pickup = Vec::new();
     let mut result = Vec::new();
     let mut payment = Vec::new();

@@ -10,6 +10,8 @@ pub mod stats;
 pub mod swarm;
 pub mod textgen;
 pub mod wallet;
+pub mod wan;
+pub mod wan_proxy;
 
 use std::time::Duration;
 

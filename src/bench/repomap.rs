@@ -12,6 +12,7 @@ use super::relay::bench_relay_settings;
 use super::wallet::BenchError;
 use super::{round3, Latency};
 use crate::appliance::{open_hub_settings, Appliance};
+use crate::fanout::walk::SourceFile;
 use crate::fanout::{self, quality, sample, walk, Options};
 
 /// One market run.
@@ -54,6 +55,35 @@ pub struct RepomapBench {
     pub quality: Option<quality::Quality>,
 }
 
+/// Maps `sources` through the providers of `market` as a fresh buyer funded from its faucet,
+/// with the coordinator settings every repo-map benchmark uses. `progress` sees the live counts.
+pub(crate) async fn map_through(
+    market: &Appliance,
+    sources: &[SourceFile],
+    progress: impl Fn(&fanout::Progress) + Send + Sync,
+) -> Result<fanout::Report, BenchError> {
+    let err = |e: &dyn std::fmt::Display| BenchError(e.to_string());
+    let keys = Keys::generate();
+    let (buyer, _) = market
+        .funded_buyer(&keys, 1_000_000_000)
+        .await
+        .map_err(|e| err(&e))?;
+    let relay = crate::appliance::connect(&keys, &market.url)
+        .await
+        .map_err(|e| err(&e))?;
+    let options = Options {
+        parallel: 64,
+        timeout: Duration::from_secs(60),
+        straggler_after: Duration::from_secs(10),
+        ..Options::default()
+    };
+    let mapped = fanout::map_market(sources, buyer.clone(), &relay, &options, progress).await;
+    relay.shutdown().await;
+    drop(buyer);
+    let (report, _, _) = mapped.map_err(|e| err(&e))?;
+    Ok(report)
+}
+
 /// Runs the benchmark over `provider_counts`.
 pub async fn run(
     files: usize,
@@ -80,23 +110,7 @@ pub async fn run(
             .add_providers(n, &bench_node_options())
             .await
             .map_err(|e| err(&e))?;
-        let keys = Keys::generate();
-        let (buyer, _) = market
-            .funded_buyer(&keys, 1_000_000_000)
-            .await
-            .map_err(|e| err(&e))?;
-        let relay = crate::appliance::connect(&keys, &market.url)
-            .await
-            .map_err(|e| err(&e))?;
-        let options = Options {
-            parallel: 64,
-            timeout: Duration::from_secs(60),
-            straggler_after: Duration::from_secs(10),
-            ..Options::default()
-        };
-        let (report, _, _) = fanout::map_market(&sources, buyer.clone(), &relay, &options, |_| {})
-            .await
-            .map_err(|e| err(&e))?;
+        let report = map_through(&market, &sources, |_| {}).await?;
         runs.push(Run {
             providers: n,
             overhead_ratio: round3(report.wall_secs / local.max(1e-9)),
@@ -107,8 +121,6 @@ pub async fn run(
             failed: report.failed.len(),
             providers_used: report.providers_used,
         });
-        relay.shutdown().await;
-        drop(buyer);
         market.stop().await;
     }
     let target = 2.0;

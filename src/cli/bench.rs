@@ -24,6 +24,55 @@ pub(crate) enum BenchCommand {
     /// The relay under load (fan-out throughput, memory, a REQ storm, idle connections):
     /// Pylon's embedded relay beside nostr-rs-relay, both as child processes
     Relay(RelayArgs),
+    /// The market through a relay far away: every role behind a delaying, connection-cutting
+    /// proxy, the relay rate-limited per connection; paid loop p50 and a repo map
+    Wan(WanArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct WanArgs {
+    /// Round trip the proxy adds (half each way), ms
+    #[arg(long, default_value_t = 100)]
+    rtt_ms: u64,
+    /// ± per chunk, ms (order is kept)
+    #[arg(long, default_value_t = 20)]
+    jitter_ms: u64,
+    /// Random cuts per connection per minute (the client must reconnect)
+    #[arg(long, default_value_t = 1.0)]
+    reconnects_per_min: f64,
+    /// The relay's event rate limit per connection (public relays: 5–20)
+    #[arg(long, default_value_t = 20)]
+    events_per_sec: u32,
+    /// The relay's burst per connection [default: one second's worth]
+    #[arg(long)]
+    event_burst: Option<u32>,
+    /// Bandwidth cap per connection and direction, bytes/s
+    #[arg(long)]
+    bytes_per_sec: Option<u64>,
+    /// Paid jobs run one at a time
+    #[arg(long, default_value_t = 10)]
+    sequential: usize,
+    /// Files in the generated repository
+    #[arg(long, default_value_t = 1000)]
+    files: usize,
+    /// Provider nodes (in this process)
+    #[arg(long, default_value_t = 30)]
+    providers: usize,
+    /// Seconds after which the repo map is stopped and reported as it stands
+    #[arg(long, default_value_t = 600)]
+    map_deadline_secs: u64,
+    /// Also run everything straight to the relay, for comparison
+    #[arg(long)]
+    direct_baseline: bool,
+    /// A relay outage this long during the repo map (the proxy's kill switch), seconds; 0: none
+    #[arg(long, default_value_t = 0)]
+    outage_secs: u64,
+    /// When the outage begins, seconds into the repo map
+    #[arg(long, default_value_t = 10)]
+    outage_after_secs: u64,
+    /// Print JSON
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -157,6 +206,44 @@ pub(crate) struct WalletArgs {
 
 pub(crate) async fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
     match cmd {
+        BenchCommand::Wan(args) => {
+            let options = crate::bench::wan::WanOptions {
+                rtt: std::time::Duration::from_millis(args.rtt_ms),
+                jitter: std::time::Duration::from_millis(args.jitter_ms),
+                reconnects_per_min: args.reconnects_per_min.max(0.0),
+                events_per_sec: args.events_per_sec.max(1),
+                event_burst: args.event_burst.unwrap_or(args.events_per_sec).max(1),
+                bytes_per_sec: args.bytes_per_sec,
+                sequential: args.sequential.max(1),
+                files: args.files.max(1),
+                providers: args.providers.max(1),
+                map_deadline: std::time::Duration::from_secs(args.map_deadline_secs.max(1)),
+                direct_baseline: args.direct_baseline,
+                outage: (args.outage_secs > 0).then(|| {
+                    (
+                        std::time::Duration::from_secs(args.outage_after_secs),
+                        std::time::Duration::from_secs(args.outage_secs),
+                    )
+                }),
+            };
+            let r = crate::bench::wan::run(options, |l| eprintln!("bench: {l}")).await?;
+            if args.json {
+                output::print_json(&r)?;
+            } else {
+                print_wan(&r);
+            }
+            let w = &r.wan;
+            Ok(
+                if w.paid_loop.done == w.paid_loop.jobs
+                    && w.repomap.completed == w.repomap.files
+                    && w.audit_ok
+                {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                },
+            )
+        }
         BenchCommand::Relay(args) => {
             let options = crate::bench::relay_load::RelayLoadOptions {
                 events: args.events.max(1),
@@ -412,6 +499,57 @@ pub(crate) async fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
             })
         }
     }
+}
+
+fn print_wan(r: &crate::bench::wan::WanBench) {
+    let c = &r.conditions;
+    println!(
+        "conditions: RTT {} ms ± {} ms, {} cuts/connection/min, relay {} events/s (burst {}) per connection",
+        c.rtt_ms, c.jitter_ms, c.reconnects_per_min, c.events_per_sec, c.event_burst
+    );
+    println!(
+        "publish → OK: p50 {:.1} ms through the proxy, {:.1} ms straight to the relay",
+        r.wan.round_trip_ms.p50, r.direct_round_trip_ms.p50
+    );
+    for s in std::iter::once(&r.wan).chain(r.direct.as_ref()) {
+        let l = &s.paid_loop;
+        println!(
+            "{:>6}: paid loop {}/{} done, p50 {:.1} ms = {:.1}x the measured round trip{}; failures {:?}",
+            s.path,
+            l.done,
+            l.jobs,
+            l.end_to_end_ms.p50,
+            l.p50_over_measured_rtt,
+            l.p50_over_rtt.map_or(String::new(), |x| format!(
+                ", {x:.1}x RTT (target ≤ {}x)",
+                r.target_p50_over_rtt
+            )),
+            l.failures
+        );
+        let m = &s.repomap;
+        println!(
+            "{:>6}: repo map {}/{} files ({:.1}%) in {:.1} s{}; failures {:?}; audit {}",
+            s.path,
+            m.completed,
+            m.files,
+            m.completion_pct,
+            m.wall_secs,
+            if m.deadline_hit {
+                " (deadline hit)"
+            } else {
+                ""
+            },
+            m.failures,
+            if s.audit_ok { "OK" } else { "FAILED" }
+        );
+        if let Some(p) = &s.proxy {
+            println!(
+                "{:>6}: proxy accepted {}, random cuts {}, cut by the outage {}, refused {}, {} B up, {} B down",
+                s.path, p.accepted, p.random_drops, p.cut, p.refused, p.bytes_up, p.bytes_down
+            );
+        }
+    }
+    println!("targets met: {}", r.targets_met);
 }
 
 /// The relay bench as a table: one column per relay.

@@ -39,6 +39,8 @@ pub struct Limits {
     pub events_per_second: u32,
     /// Token bucket size per connection.
     pub event_burst: u32,
+    /// How long a connection may send nothing before it is closed (`None`: forever).
+    pub idle_timeout: Option<std::time::Duration>,
 }
 
 /// The shared core of the relay.
@@ -73,6 +75,8 @@ impl Engine {
                 max_subid_length: settings.max_subid_length,
                 events_per_second: settings.events_per_second,
                 event_burst: settings.event_burst,
+                idle_timeout: (settings.idle_timeout_secs > 0)
+                    .then(|| std::time::Duration::from_secs(settings.idle_timeout_secs)),
             },
             auth: settings.auth,
         }

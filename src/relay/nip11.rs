@@ -20,6 +20,7 @@ pub fn supported_nips(settings: &RelaySettings) -> Vec<u16> {
 pub fn document(settings: &RelaySettings) -> Value {
     let restricted = !settings.allow_pubkeys.is_empty()
         || !settings.allow_kinds.is_empty()
+        || !settings.deny_kinds.is_empty()
         || settings.min_pow_job_requests > 0
         || settings.auth.for_writes();
     json!({
@@ -51,6 +52,8 @@ pub fn document(settings: &RelaySettings) -> Value {
             "event_burst": settings.event_burst,
             "min_pow_job_requests": settings.min_pow_job_requests,
             "allow_kinds": settings.allow_kinds,
+            "deny_kinds": settings.deny_kinds,
+            "idle_timeout_secs": settings.idle_timeout_secs,
             "auth": settings.auth,
             "live_buffer_events": settings.live_buffer_events,
         },

@@ -1,5 +1,5 @@
-//! What the embedded relay refuses, and why: size, allow-lists, proof of work on job requests,
-//! dates in the future, and (in the session, per connection) a rate limit.
+//! What the embedded relay refuses, and why: size, allow- and deny-lists, proof of work on job
+//! requests, dates in the future, and (in the session, per connection) a rate limit.
 //!
 //! Every refusal carries a NIP-01 machine-readable prefix so clients can act on it: a client
 //! told `rate-limited:` slows down, one told `invalid:` fixes its event, one told
@@ -84,6 +84,7 @@ pub struct MarketPolicy {
     max_future_secs: u64,
     allow_pubkeys: HashSet<PublicKey>,
     allow_kinds: HashSet<u16>,
+    deny_kinds: HashSet<u16>,
     min_pow_job_requests: u8,
     exempt: HashSet<PublicKey>,
 }
@@ -98,6 +99,7 @@ impl MarketPolicy {
             max_future_secs: settings.max_future_seconds,
             allow_pubkeys: settings.allow_pubkeys.iter().copied().collect(),
             allow_kinds: settings.allow_kinds.iter().copied().collect(),
+            deny_kinds: settings.deny_kinds.iter().copied().collect(),
             min_pow_job_requests: settings.min_pow_job_requests,
             exempt: settings.rate_limit_exempt.iter().copied().collect(),
         }
@@ -162,6 +164,14 @@ impl MarketPolicy {
             ));
         }
         let kind = event.kind.as_u16();
+        // The deny list wins over the allow list, so an operator can carve a kind out of a range
+        // it otherwise accepts; both answer `blocked:`, as for any kind this relay does not take.
+        if self.deny_kinds.contains(&kind) {
+            return Err(Refusal::new(
+                Prefix::Blocked,
+                format!("kind {kind} refused by this relay"),
+            ));
+        }
         if !self.allow_kinds.is_empty() && !self.allow_kinds.contains(&kind) {
             return Err(Refusal::new(
                 Prefix::Blocked,
@@ -282,6 +292,14 @@ mod tests {
             .expect_err("kind")
             .reason
             .contains("kind 7"));
+
+        let policy = MarketPolicy::new(&settings("allow_kinds = [1, 7]\ndeny_kinds = [7, 5960]"));
+        assert!(check(&policy, &note(&keys, 1, "ok")).is_ok());
+        for kind in [7, 5960] {
+            let refused = check(&policy, &note(&keys, kind, "no")).expect_err("denied");
+            assert_eq!(refused.prefix, Prefix::Blocked);
+            assert!(refused.reason.contains("refused"), "{refused}");
+        }
 
         let policy = MarketPolicy::new(&settings("min_pow_job_requests = 8"));
         let unmined = (0..)

@@ -9,7 +9,8 @@
 //!   falls more than `live_buffer_events` behind gets `CLOSED "error: subscriber too slow…"` for
 //!   each subscription, so its client re-subscribes with `since` instead of missing events unaware.
 //! - **Idle is cheap.** A connection without subscriptions holds no live receiver and is not
-//!   woken by other people's events.
+//!   woken by other people's events. With `idle_timeout_secs`, one that sends no frame at all
+//!   (not even a ping) for that long is told with a NOTICE and closed, as public relays do.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -81,6 +82,8 @@ pub async fn run<S>(
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let limits = engine.limits;
+    // Moved by every frame the client sends (pings included), never by what the relay sends.
+    let mut last_heard = tokio::time::Instant::now();
     let mut s = Session {
         engine,
         peer,
@@ -103,7 +106,7 @@ pub async fn run<S>(
     }
     loop {
         let out: Vec<String> = tokio::select! {
-            msg = ws.next() => match msg {
+            msg = ws.next() => match heard(&mut last_heard, msg) {
                 None => break,
                 Some(Ok(Message::Text(t))) => {
                     // Take every message already waiting (up to a batch) and answer them together.
@@ -154,6 +157,17 @@ pub async fn run<S>(
                 let _ = tokio::time::timeout(GOODBYE, ws.close(Some(frame))).await;
                 break;
             }
+            _ = idle_deadline(limits.idle_timeout, last_heard) => {
+                let secs = limits.idle_timeout.map_or(0, |d| d.as_secs());
+                tracing::debug!(peer = %s.peer.addr, secs, "closing an idle relay session");
+                let bye = async {
+                    let notice = format!("idle: nothing received for {secs} s; connection closed");
+                    ws.send(text(wire::notice(&notice))).await?;
+                    ws.close(Some(CloseFrame { code: CloseCode::Away, reason: "idle".into() })).await
+                };
+                let _ = tokio::time::timeout(GOODBYE, bye).await;
+                break;
+            }
         };
         if let Err(e) = s.drain_live(&mut ws, out).await {
             tracing::debug!(peer = %s.peer.addr, "relay session write failed: {e}");
@@ -196,6 +210,20 @@ where
         .await
     };
     let _ = tokio::time::timeout(GOODBYE, bye).await;
+}
+
+/// Notes that the client sent something (or hung up), and passes it on.
+fn heard<T>(at: &mut tokio::time::Instant, msg: T) -> T {
+    *at = tokio::time::Instant::now();
+    msg
+}
+
+/// Fires once the client has been silent for `timeout` since `last_heard`; never without one.
+async fn idle_deadline(timeout: Option<Duration>, last_heard: tokio::time::Instant) {
+    match timeout {
+        Some(t) => tokio::time::sleep_until(last_heard + t).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// The next live event, or never when the connection has no subscription.

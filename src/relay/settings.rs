@@ -70,6 +70,10 @@ pub struct RelaySettings {
     pub allow_pubkeys: Vec<PublicKey>,
     /// If non-empty, the only accepted kinds.
     pub allow_kinds: Vec<u16>,
+    /// Kinds always refused, even when `allow_kinds` lists them.
+    pub deny_kinds: Vec<u16>,
+    /// Seconds a connection may send nothing before it is closed (0: never).
+    pub idle_timeout_secs: u64,
     /// NIP-13 difficulty required of job requests (kinds 5000–5999).
     pub min_pow_job_requests: u8,
 }
@@ -191,6 +195,11 @@ mod tests {
         assert_eq!(s.name, "pylon");
         assert!(s.max_event_bytes >= 128 * 1024);
         assert!(s.allow_pubkeys.is_empty() && s.allow_kinds.is_empty());
+        assert!(s.deny_kinds.is_empty());
+        assert_eq!(
+            s.idle_timeout_secs, 0,
+            "idle connections are kept by default"
+        );
         assert_eq!(s.min_pow_job_requests, 0);
     }
 

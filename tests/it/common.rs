@@ -231,6 +231,11 @@ impl RawClient {
         Self { ws }
     }
 
+    /// Wraps a WebSocket the test opened itself.
+    pub fn from_stream(ws: WebSocketStream<MaybeTlsStream<TcpStream>>) -> Self {
+        Self { ws }
+    }
+
     pub async fn send(&mut self, msg: Value) {
         self.send_text(msg.to_string()).await;
     }

@@ -22,8 +22,8 @@ fn note(keys: &Keys, content: &str, tags: Vec<Tag>) -> Event {
         .expect("sign")
 }
 
-/// The reason of an `OK` or `CLOSED`.
-fn reason(msg: &Value) -> &str {
+/// The reason of an `OK`, `CLOSED` or `NOTICE`.
+pub(crate) fn reason(msg: &Value) -> &str {
     msg.as_array()
         .and_then(|a| a.last())
         .and_then(Value::as_str)
