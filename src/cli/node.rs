@@ -335,7 +335,10 @@ fn status(ctx: &Context, flags: JsonFlag) -> anyhow::Result<ExitCode> {
                 "  queue:    {} waiting, {} running",
                 s.queue_depth, s.running
             );
-            println!("  session:  {} served, {} failed", s.served, s.failed);
+            println!(
+                "  session:  {} served, {} failed ({} shed as overloaded), {} look-ups for missed requests",
+                s.served, s.failed, s.shed, s.lookups
+            );
             println!(
                 "  all time: {} served, earned {} sats, failed {:?}",
                 s.totals.served,

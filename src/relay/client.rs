@@ -46,6 +46,9 @@ const PUBLISH_BACKPRESSURE: Duration = Duration::from_secs(10);
 const RATE_LIMIT_PATIENCE: Duration = Duration::from_secs(60);
 const RATE_LIMIT_FIRST_PAUSE: Duration = Duration::from_millis(250);
 const RATE_LIMIT_MAX_PAUSE: Duration = Duration::from_secs(4);
+/// How long a publish waits for a dropped connection to come back, and how often it tries.
+const RECONNECT_PATIENCE: Duration = Duration::from_secs(30);
+const RECONNECT_PAUSE: Duration = Duration::from_millis(250);
 /// How long the first ephemeral event to a relay listens for an `OK` (to learn whether the
 /// relay answers them), and how long later ones wait on a relay known to answer.
 const EPHEMERAL_OK_PROBE: Duration = Duration::from_millis(500);
@@ -67,6 +70,9 @@ enum Refused {
     Backpressure,
     /// The relay wants us slower: back off and send again.
     RateLimited,
+    /// No relay is connected right now (a dropped connection being re-established): wait for
+    /// the reconnect and send again.
+    Disconnected,
     /// No relay said anything in time (or the answer was lost): look it up.
     Unanswered,
     /// Refused for good.
@@ -83,6 +89,8 @@ impl Refused {
             Self::Backpressure
         } else if all(&|w| w.starts_with("rate-limited:")) {
             Self::RateLimited
+        } else if all(&|w| w.contains("not connected")) {
+            Self::Disconnected
         } else if all(&|w| w == "timeout" || w == "premature exit") {
             // "premature exit": nostr-sdk's wait for OK ended early; see the patched copy.
             Self::Unanswered
@@ -461,6 +469,10 @@ impl MarketClient {
                     tracing::debug!(event = %event.id, "rate-limited; retrying in {limited_pause:?}");
                     tokio::time::sleep(limited_pause).await;
                     limited_pause = (limited_pause * 2).min(RATE_LIMIT_MAX_PAUSE);
+                }
+                Refused::Disconnected if started.elapsed() < RECONNECT_PATIENCE => {
+                    tracing::debug!(event = %event.id, "no relay connected; retrying after a reconnect");
+                    tokio::time::sleep(RECONNECT_PAUSE).await;
                 }
                 Refused::Unanswered => {
                     return Err(ClientError::Unconfirmed {
