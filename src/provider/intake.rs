@@ -63,7 +63,19 @@ impl Seen {
     }
 }
 
+/// What one look-up found: the requests, whether the targeted part was complete, and when it
+/// began (the next watermark if it was).
+struct Found {
+    events: Vec<Event>,
+    complete: bool,
+    began: Timestamp,
+}
+
 /// The node's intake loop: live requests, look-ups, and the jobs they start.
+///
+/// Look-ups run beside the loop, one at a time, so the live stream keeps being read while a
+/// busy relay takes seconds to answer (reading nothing meanwhile would lag the channel and
+/// cause more look-ups).
 pub(super) async fn run(s: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
     let mut notes = s.relay.notifications();
     let kinds: Vec<Kind> = s.executors.kinds().into_iter().map(Kind::from).collect();
@@ -76,50 +88,79 @@ pub(super) async fn run(s: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
     // Jobs live in this set: if the node is killed (this task aborted), they die with it, as in
     // a crash; a graceful stop lets them finish.
     let mut jobs = tokio::task::JoinSet::new();
-    let mut lagged = false;
+    let mut lookup: Option<tokio::task::JoinHandle<Found>> = None;
+    let mut lagged_logged = false;
     loop {
         tokio::select! {
             _ = stopped.changed() => break,
             Some(_) = jobs.join_next(), if !jobs.is_empty() => {}
-            _ = tick.tick() => {
-                ticks = ticks.wrapping_add(1);
-                let started = Timestamp::now();
-                match targeted(&s, &kinds, watermark).await {
-                    Ok(found) => {
-                        watermark = started;
-                        take(&s, &mut jobs, found);
-                    }
-                    Err(found) => take(&s, &mut jobs, found),
+            found = async {
+                match lookup.as_mut() {
+                    Some(running) => running.await,
+                    None => std::future::pending().await,
                 }
+            }, if lookup.is_some() => {
+                lookup = None;
                 s.lookups.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                if lagged || ticks % OPEN_CATCH_UP_EVERY == 0 {
-                    lagged = false;
+                if let Ok(found) = found {
+                    if found.complete {
+                        watermark = found.began;
+                    }
+                    take(&s, &mut jobs, found.events);
+                }
+            }
+            _ = tick.tick(), if lookup.is_none() => {
+                ticks = ticks.wrapping_add(1);
+                let began = Timestamp::now();
+                // Open requests cost every node every request: looked up on their own slow
+                // cadence only, never because of a lag (a burst lags every node at once).
+                let open = (ticks % OPEN_CATCH_UP_EVERY == 0).then(|| {
                     let since = open_since
                         .as_secs()
-                        .max(started.as_secs().saturating_sub(OPEN_WINDOW_SECS));
-                    let filter = Filter::new()
-                        .kinds(kinds.iter().copied())
-                        .since(Timestamp::from(since.saturating_sub(SKEW_SECS)))
-                        .limit(PAGE);
-                    if let Ok(found) = s.relay.fetch(filter, LOOKUP_TIMEOUT).await {
-                        take(&s, &mut jobs, found.into_iter().collect());
+                        .max(began.as_secs().saturating_sub(OPEN_WINDOW_SECS));
+                    open_since = began;
+                    Timestamp::from(since.saturating_sub(SKEW_SECS))
+                });
+                let (s2, kinds2) = (s.clone(), kinds.clone());
+                lookup = Some(tokio::spawn(async move {
+                    let (mut events, complete) = match targeted(&s2, &kinds2, watermark).await {
+                        Ok(found) => (found, true),
+                        Err(found) => (found, false),
+                    };
+                    if let Some(since) = open {
+                        let filter = Filter::new()
+                            .kinds(kinds2.iter().copied())
+                            .since(since)
+                            .limit(PAGE);
+                        if let Ok(found) = s2.relay.fetch(filter, LOOKUP_TIMEOUT).await {
+                            events.extend(found);
+                        }
                     }
-                    open_since = started;
-                }
+                    Found { events, complete, began }
+                }));
             }
             note = notes.recv() => match note {
                 Ok(RelayPoolNotification::Event { event, .. }) if kinds.contains(&event.kind) => {
+                    lagged_logged = false;
                     take(&s, &mut jobs, vec![*event]);
                 }
                 Ok(_) => {}
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                    tracing::warn!("node fell behind and missed {n} relay messages; looking them up");
-                    lagged = true;
-                    tick.reset_immediately();
+                    // Once per stretch of lagging, not once per lag: a burst lags all the time.
+                    if !lagged_logged {
+                        tracing::warn!("node fell behind and missed {n} relay messages; looking them up");
+                        lagged_logged = true;
+                    }
+                    if lookup.is_none() {
+                        tick.reset_immediately();
+                    }
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
             }
         }
+    }
+    if let Some(l) = lookup {
+        l.abort();
     }
     jobs.detach_all();
 }

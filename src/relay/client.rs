@@ -52,7 +52,7 @@ const RECONNECT_PAUSE: Duration = Duration::from_millis(250);
 /// How long the first ephemeral event to a relay listens for an `OK` (to learn whether the
 /// relay answers them), and how long later ones wait on a relay known to answer.
 const EPHEMERAL_OK_PROBE: Duration = Duration::from_millis(500);
-const EPHEMERAL_OK_WAIT: Duration = Duration::from_secs(5);
+const EPHEMERAL_OK_WAIT: Duration = Duration::from_secs(1);
 /// How long the look-up after a missing `OK` may take, how often it is tried, and the pause
 /// between tries.
 const CONFIRM_LOOKUP: Duration = Duration::from_secs(5);

@@ -370,7 +370,10 @@ impl InnerRelay {
 
                 // First connection and subscribed_at != 0 -> SHOULD NOT re-subscribe
                 // Many connections and subscription NOT done in current websocket session -> SHOULD re-subscribe
-                self.stats.connected_at() > *subscribed_at && self.stats.success() > 1
+                // PYLON-PATCH: `>=`, not `>`: both are whole seconds, so a reconnect within the
+                // second of the REQ never re-sent it and the subscription went deaf. Sending it
+                // twice is harmless (the same id replaces it). See PYLON-PATCH.md.
+                self.stats.connected_at() >= *subscribed_at && self.stats.success() > 1
             }
             // NOT subscribe if auto-closing subscription or subscription not found
             Some(SubscriptionData {
