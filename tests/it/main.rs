@@ -22,5 +22,6 @@ mod relay_store;
 mod repomap;
 mod resubscribe;
 mod secrets;
+mod soak;
 mod textgen;
 mod trust;
