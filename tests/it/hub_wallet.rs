@@ -60,14 +60,14 @@ async fn pay_moves_exact_amounts_and_notifies_both_sides() {
     );
     assert_eq!(bob.balance_msat().await.expect("balance"), 21_500);
 
-    let received = tokio::time::timeout(Duration::from_secs(5), bob_notes.recv())
+    let received = tokio::time::timeout(Duration::from_secs(30), bob_notes.recv())
         .await
         .expect("payee notified")
         .expect("notification");
     assert_eq!(received.notification_type, nip47::PAYMENT_RECEIVED);
     assert_eq!(received.notification.payment_hash, inv.payment_hash);
     assert_eq!(received.notification.amount, 21_500);
-    let sent = tokio::time::timeout(Duration::from_secs(5), async {
+    let sent = tokio::time::timeout(Duration::from_secs(30), async {
         loop {
             let n = alice_notes.recv().await.expect("notification");
             if n.notification_type == nip47::PAYMENT_SENT {
