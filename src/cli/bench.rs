@@ -349,7 +349,7 @@ pub(crate) async fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
             let r = tokio::task::spawn_blocking(move || {
                 crate::bench::stats::run(args.providers, args.jobs, |l| eprintln!("bench: {l}"))
             })
-            .await?;
+            .await??;
             if args.json {
                 output::print_json(&r)?;
             } else {
