@@ -178,7 +178,7 @@ impl RequestWatch {
         wanted: &[(PublicKey, &str)],
     ) -> Vec<Event> {
         let mut found: HashMap<(PublicKey, String), Event> = HashMap::new();
-        let until = tokio::time::Instant::now() + Duration::from_secs(15);
+        let until = tokio::time::Instant::now() + Duration::from_secs(60);
         while found.len() < wanted.len() {
             let note = tokio::time::timeout_at(until, notes.recv())
                 .await
