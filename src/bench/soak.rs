@@ -85,6 +85,8 @@ pub struct SoakBench {
     pub fd_growth_after_warmup: i64,
     /// Goal (reported, not asserted): RSS slope < 1 MiB per 1,000 jobs.
     pub rss_goal_met: Option<bool>,
+    /// The same goal on RssAnon alone (the relay's LMDB pages are file-backed and reclaimable).
+    pub rss_anon_goal_met: Option<bool>,
     /// Goal: no fd more at the end than after warm-up.
     pub fd_goal_met: bool,
     /// Seconds for all jobs.
@@ -228,6 +230,7 @@ pub async fn run(options: SoakOptions, progress: impl Fn(&str)) -> Result<SoakBe
         fd_slope_per_1000_jobs: fd_slope.map(round3),
         fd_growth_after_warmup: fd_growth,
         rss_goal_met: rss_slope.map(|kib| kib < 1024.0),
+        rss_anon_goal_met: anon_slope.map(|kib| kib < 1024.0),
         fd_goal_met: fd_growth <= 0,
         samples,
         wall_secs: round3(wall),

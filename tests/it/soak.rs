@@ -63,6 +63,7 @@ fn bench_soak_samples_memory_and_fds_and_pays_every_job() {
     }
     assert!(r["fd_growth_after_warmup"].is_i64(), "{r}");
     assert!(r["rss_goal_met"].is_boolean(), "{r}");
+    assert!(r["rss_anon_goal_met"].is_boolean(), "{r}");
     assert!(r["jobs_per_sec"].as_f64().expect("rate") > 0.0, "{r}");
     assert_eq!(r["end_to_end_ms"]["samples"], 300, "{r}");
     for field in [
