@@ -24,12 +24,15 @@ project="pylon-e2e-$$"
 port="${PYLON_WEB_PORT:-$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')}"
 export PYLON_IMAGE="$image" PYLON_WEB_PORT="$port"
 dc() { "${compose[@]}" -p "$project" -f docker-compose.yml "$@"; }
+# shellcheck source=scripts/compose-teardown.sh
+. scripts/compose-teardown.sh
 cleanup() {
   status=$?
   if [ "$status" -ne 0 ]; then
     echo "==> compose logs (failure)"; dc logs --tail 30 appliance buyer provider-01 2>&1 | tail -80 || true
   fi
-  dc down -v --remove-orphans >/dev/null 2>&1 || true
+  # A stage that leaves containers behind fails, whatever the buyer said.
+  compose_teardown "$project" "${compose[@]}" -p "$project" -f docker-compose.yml || status=1
   exit "$status"
 }
 trap cleanup EXIT

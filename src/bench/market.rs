@@ -109,7 +109,7 @@ pub async fn run(options: LoopOptions, progress: impl Fn(&str)) -> Result<LoopBe
     let mut sequential = Vec::new();
     let mut all_done = true;
     for i in 0..options.sequential {
-        let job = job(i, providers[i % providers.len()]);
+        let job = bench_job(i, providers[i % providers.len()]);
         let started = Instant::now();
         let outcome = buyer.run(&job, wait).await.map_err(|e| err(&e))?;
         sequential.push(started.elapsed());
@@ -130,7 +130,7 @@ pub async fn run(options: LoopOptions, progress: impl Fn(&str)) -> Result<LoopBe
     for i in 0..options.jobs {
         let (buyer, job) = (
             buyer.clone(),
-            job(options.sequential + i, providers[i % providers.len()]),
+            bench_job(options.sequential + i, providers[i % providers.len()]),
         );
         let window = window.clone();
         tasks.push(tokio::spawn(async move {
@@ -179,7 +179,9 @@ pub async fn run(options: LoopOptions, progress: impl Fn(&str)) -> Result<LoopBe
     })
 }
 
-pub(crate) fn job(i: usize, provider: PublicKey) -> NewJob {
+/// The `i`th benchmark job: a tiny Rust file for `provider` (distinct per `i`, so no two jobs are
+/// one event).
+pub(crate) fn bench_job(i: usize, provider: PublicKey) -> NewJob {
     NewJob {
         kind: crate::protocol::kinds::CODE_ANALYSIS,
         inputs: vec![JobInput::text(format!(

@@ -6,6 +6,7 @@ pub mod relay;
 pub mod relay_child;
 pub mod relay_load;
 pub mod repomap;
+pub mod soak;
 pub mod stats;
 pub mod swarm;
 pub mod textgen;

@@ -15,6 +15,11 @@ use crate::relay::{MarketClient, Reachability};
 /// An ephemeral kind nothing else uses, so baseline traffic never mixes with market traffic.
 const PROBE_KIND: u16 = 20_987;
 
+/// Events the burst publisher may be ahead of its subscriber (well under the relay's 1,024).
+const BURST_WINDOW: usize = 256;
+/// Silence that fails the baseline: generous, so only a stuck relay trips it, not a busy machine.
+const BURST_STALL: Duration = Duration::from_secs(30);
+
 /// The raw relay figures.
 #[derive(Debug, Clone, Serialize)]
 pub struct RelayBaseline {
@@ -41,6 +46,11 @@ pub async fn measure(
     samples: usize,
     burst: usize,
 ) -> Result<RelayBaseline, ClientError> {
+    if samples == 0 || burst == 0 {
+        return Err(ClientError::Unreachable(
+            "relay baseline: needs at least one round trip and one burst event".into(),
+        ));
+    }
     let timeout = Duration::from_secs(5);
     let publisher = MarketClient::connect(
         Keys::generate(),
@@ -75,7 +85,8 @@ pub async fn measure(
     // The REQ travels on another connection than the probes, and ephemeral probes that reach
     // the relay before it are gone: probe until one comes back, then the subscription is live.
     let mut next = 0usize;
-    let warm_until = Instant::now() + timeout;
+    // Generous: a loaded machine may take seconds to start serving the subscription.
+    let warm_until = Instant::now() + BURST_STALL;
     loop {
         let ev = sign(next)?;
         next += 1;
@@ -98,52 +109,68 @@ pub async fn measure(
         let ev = sign(next + i)?;
         let started = Instant::now();
         publisher.publish(&ev).await?;
-        wait_for(&mut notes, |e| e.id == ev.id, timeout).await?;
+        wait_for(&mut notes, |e| e.id == ev.id, BURST_STALL).await?;
         round_trips.push(started.elapsed());
     }
     let next = next + samples;
     let events: Vec<Event> = (0..burst)
         .map(|i| sign(next + i))
         .collect::<Result<_, _>>()?;
+    // A fixed amount of work, never a time window: the rate is `burst` events over the time
+    // they took to arrive, however long that is on a loaded machine. The publisher stays at
+    // most `BURST_WINDOW` events ahead of the subscriber, because the relay drops live events
+    // for a subscriber more than 1,024 behind (a known trap) — a drop would leave the count
+    // short forever. A line silent for `BURST_STALL` is a failure with a reason, not a 0.
+    let (seen_tx, mut seen_rx) = tokio::sync::watch::channel(0usize);
     let started = Instant::now();
-    // Counts what arrives until the burst is complete or the line goes quiet: the relay drops
-    // live events for a subscriber far behind (a known trap), so waiting for all of them could
-    // wait forever, and a timeout must not throw away what was counted.
     let receive = async {
         let mut got = 0usize;
-        let mut last = Instant::now();
         while got < burst {
-            match tokio::time::timeout(Duration::from_secs(2), notes.recv()).await {
+            match tokio::time::timeout(BURST_STALL, notes.recv()).await {
                 Ok(Ok(RelayPoolNotification::Event { event, .. }))
                     if event.pubkey == keys.public_key() =>
                 {
                     got += 1;
-                    last = Instant::now();
                 }
                 Ok(Ok(_)) => {}
+                // Lagged: our own process fell behind reading, the events did arrive.
                 Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(n))) => got += n as usize,
-                Ok(Err(_)) => break,
-                Err(_) if last.elapsed() >= Duration::from_secs(2) => break,
-                Err(_) => {}
+                Ok(Err(_)) => {
+                    return Err(ClientError::Unreachable(format!(
+                        "relay baseline: the subscriber's connection closed after {got} of {burst} events"
+                    )))
+                }
+                Err(_) => {
+                    return Err(ClientError::Unreachable(format!(
+                        "relay baseline: no event for {} s after {got} of {burst} events",
+                        BURST_STALL.as_secs()
+                    )))
+                }
             }
+            seen_tx.send_replace(got);
         }
-        (got, last)
+        Ok(started.elapsed())
     };
     let send = async {
-        for ev in &events {
+        for (i, ev) in events.iter().enumerate() {
+            let ahead_ok = |seen: &usize| i.saturating_sub(*seen) < BURST_WINDOW;
+            match tokio::time::timeout(BURST_STALL, seen_rx.wait_for(ahead_ok)).await {
+                Ok(Ok(_)) => {}
+                // The receiver finished or failed: its result says why.
+                Ok(Err(_)) | Err(_) => break,
+            }
             publisher.publish(ev).await?;
         }
         Ok::<_, ClientError>(())
     };
-    let (sent, (received, last)) = tokio::join!(send, receive);
+    let (sent, received) = tokio::join!(send, receive);
     sent?;
-    // The rate over the time events were arriving, not the quiet tail.
-    let elapsed = last.duration_since(started).as_secs_f64();
+    let elapsed = received?.as_secs_f64();
     publisher.shutdown().await;
     subscriber.shutdown().await;
     Ok(RelayBaseline {
         round_trip_ms: Latency::of(&round_trips),
-        events_per_sec: round3(received as f64 / elapsed.max(1e-9)),
+        events_per_sec: round3(burst as f64 / elapsed.max(1e-9)),
     })
 }
 

@@ -412,7 +412,7 @@ pub fn own_cpu_secs() -> Option<f64> {
 }
 
 /// A `/proc/PID/status` field in kB (e.g. `VmRSS:`).
-fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
+pub(crate) fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     parse_status_kib(&text, field)
 }

@@ -455,6 +455,13 @@ async fn measure(
     ));
     let fanout = fanout(&relay, work, options.window).await;
     let fanout = check_alive(&mut relay, fanout)?;
+    // A relay that accepted nothing has no rate to report: a 0 would read as a measurement.
+    if fanout.accepted == 0 {
+        return Err(RelayBenchError(format!(
+            "{label}: the relay accepted none of the {} fan-out events ({} rejected, {} unanswered)",
+            fanout.events_sent, fanout.rejected, fanout.unanswered
+        )));
+    }
     say(&format!(
         "fan-out: {:.0} accepted/s, OK p99 {:.1} ms, {} of {} deliveries lost, peak RSS {} KiB",
         fanout.accepted_per_sec,

@@ -40,11 +40,15 @@ pub struct StatsBench {
 }
 
 /// Runs the benchmark with `providers` providers and `jobs` jobs (a tenth of them receipted).
-pub fn run(providers: usize, jobs: usize, progress: impl Fn(&str)) -> StatsBench {
+pub fn run(
+    providers: usize,
+    jobs: usize,
+    progress: impl Fn(&str),
+) -> Result<StatsBench, super::wallet::BenchError> {
     let providers = providers.max(1);
     let mut collector = Collector::new(DAY);
     let now_ms = crate::store::now_ms();
-    let rss_before = rss_mib();
+    let rss_before = rss_mib()?;
     let provider_keys: Vec<Keys> = (0..providers).map(|_| Keys::generate()).collect();
     let buyer = Keys::generate();
     let node = bitcoin::secp256k1::SecretKey::new(&mut rand::thread_rng());
@@ -186,10 +190,10 @@ pub fn run(providers: usize, jobs: usize, progress: impl Fn(&str)) -> StatsBench
         completed = snap.windows.last_day.completed,
         "bench snapshot"
     );
-    let rss_after = rss_mib();
+    let rss_after = rss_mib()?;
     let parse_rate = events as f64 / parse.as_secs_f64().max(1e-9);
     let ingest_rate = events as f64 / ingest.as_secs_f64().max(1e-9);
-    StatsBench {
+    Ok(StatsBench {
         providers,
         jobs,
         events,
@@ -199,18 +203,13 @@ pub fn run(providers: usize, jobs: usize, progress: impl Fn(&str)) -> StatsBench
         snapshot_ms: round3(snapshot_ms),
         collector_mib: round3((rss_after - rss_before).max(0.0)),
         generate_secs: round3(generate.as_secs_f64()),
-    }
+    })
 }
 
-/// Resident set size of this process, MiB (Linux).
-fn rss_mib() -> f64 {
-    let pages = std::fs::read_to_string("/proc/self/statm")
-        .ok()
-        .and_then(|s| {
-            s.split_whitespace()
-                .nth(1)
-                .and_then(|v| v.parse::<f64>().ok())
-        })
-        .unwrap_or(0.0);
-    pages * 4096.0 / (1024.0 * 1024.0)
+/// Resident set size of this process, MiB (Linux). Unreadable is an error, not 0: a 0 would
+/// read as "the collector costs no memory".
+fn rss_mib() -> Result<f64, super::wallet::BenchError> {
+    crate::appliance::swarm::resident_bytes()
+        .map(|b| b as f64 / (1024.0 * 1024.0))
+        .ok_or_else(|| super::wallet::BenchError("cannot read /proc/self/statm".into()))
 }

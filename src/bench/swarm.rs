@@ -95,11 +95,11 @@ pub async fn run(
         .copied()
         .unwrap_or(1_000);
     let hub = market.hub_keys.public_key();
-    let baseline = resident_bytes().unwrap_or(0);
+    let baseline = resident()?;
     let mut runs = Vec::new();
     for &n in sizes {
         progress(&format!("starting {n} providers"));
-        let before = resident_bytes().unwrap_or(0);
+        let before = resident()?;
         let options = SwarmOptions {
             providers: n,
             node: bench_node_options(),
@@ -117,7 +117,7 @@ pub async fn run(
         .map_err(|e| err(&e))?;
         // Let the start-up's transient buffers settle before reading the idle figure.
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let idle = resident_bytes().unwrap_or(0);
+        let idle = resident()?;
 
         progress(&format!(
             "{} jobs across the {n} providers",
@@ -282,4 +282,9 @@ pub async fn compose_to_first_paid_job(
     progress("docker-compose down");
     let _ = compose(&["down", "-v", "--remove-orphans"]).status();
     result
+}
+
+/// This process's resident bytes; unreadable is an error, since a 0 would read as "free".
+fn resident() -> Result<u64, BenchError> {
+    resident_bytes().ok_or_else(|| BenchError("cannot read /proc/self/statm".into()))
 }

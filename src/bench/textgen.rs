@@ -219,7 +219,22 @@ pub async fn run(
     let completion_tokens = tokens[tokens.len() / 2];
     let direct = Latency::of(&direct);
     let market_ms = Latency::of(&to_result);
-    let rate = |l: &Latency| round3(completion_tokens as f64 / (l.p50 / 1000.0).max(1e-9));
+    // The baseline's tokens/s needs the server's token count: without one there is nothing to
+    // compare against, which is a failure, not a rate of 0.
+    if completion_tokens == 0 {
+        return Err(BenchError(format!(
+            "the model server at {} reported no completion tokens (`usage`): tokens/s cannot be measured",
+            backend.endpoint()
+        )));
+    }
+    // No samples (every market job failed) is no rate; `problems` says why and the run fails.
+    let rate = |l: &Latency| {
+        if l.samples == 0 {
+            0.0
+        } else {
+            round3(completion_tokens as f64 / (l.p50 / 1000.0).max(1e-9))
+        }
+    };
     Ok(TextgenBench {
         endpoint: backend.endpoint().to_string(),
         model,

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use nostr_sdk::{EventBuilder, Keys, Kind, RelayUrl, Tag};
 use serde::Serialize;
 
-use super::market::{bench_node_options, job, job_ids, stages, Stages};
+use super::market::{bench_job, bench_node_options, job_ids, stages, Stages};
 use super::relay::bench_relay_settings;
 use super::wallet::BenchError;
 use super::wan_proxy::{WanCounters, WanProfile, WanProxy};
@@ -392,7 +392,7 @@ async fn paid_loop(
     for i in 0..jobs {
         let started = Instant::now();
         match buyer
-            .run(&job(i, providers[i % providers.len()]), wait)
+            .run(&bench_job(i, providers[i % providers.len()]), wait)
             .await
         {
             Ok(o) if o.status == JobState::Done => took.push(started.elapsed()),

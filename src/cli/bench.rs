@@ -15,6 +15,9 @@ pub(crate) enum BenchCommand {
     Loop(LoopArgs),
     /// Stats collector: events/s folded and memory for a busy day, vs parsing the same events
     Stats(StatsArgs),
+    /// Thousands of paid jobs through one provider and one buyer: RSS and open fds sampled as
+    /// they go (flat = no leak per job), jobs.db size per job, the hub audit
+    Soak(SoakArgs),
     /// Repo map of a generated 200-file repository through 1, 10, 30 providers, vs --local
     Repomap(RepomapArgs),
     /// A 64-token completion bought through the market vs calling the model server directly
@@ -99,6 +102,22 @@ pub(crate) struct RelayArgs {
     /// ~/.cargo/bin]; without one, its figures are null
     #[arg(long, value_name = "PATH")]
     nostr_rs_relay: Option<std::path::PathBuf>,
+    /// Print JSON
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct SoakArgs {
+    /// Paid jobs in all
+    #[arg(long, default_value_t = 10_000)]
+    jobs: usize,
+    /// Jobs between two RSS/fd samples (the first sample is the warm-up)
+    #[arg(long, default_value_t = 1_000)]
+    sample_every: usize,
+    /// Jobs in flight at once
+    #[arg(long, default_value_t = 8)]
+    window: usize,
     /// Print JSON
     #[arg(long)]
     json: bool,
@@ -243,6 +262,24 @@ pub(crate) async fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
                     ExitCode::FAILURE
                 },
             )
+        }
+        BenchCommand::Soak(args) => {
+            let options = crate::bench::soak::SoakOptions {
+                jobs: args.jobs.max(1),
+                sample_every: args.sample_every.max(1),
+                window: args.window.max(1),
+            };
+            let r = crate::bench::soak::run(options, |l| eprintln!("bench: {l}")).await?;
+            if args.json {
+                output::print_json(&r)?;
+            } else {
+                print_soak(&r);
+            }
+            Ok(if r.all_paid && r.audit_ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         BenchCommand::Relay(args) => {
             let options = crate::bench::relay_load::RelayLoadOptions {
@@ -399,7 +436,7 @@ pub(crate) async fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
             let r = tokio::task::spawn_blocking(move || {
                 crate::bench::stats::run(args.providers, args.jobs, |l| eprintln!("bench: {l}"))
             })
-            .await?;
+            .await??;
             if args.json {
                 output::print_json(&r)?;
             } else {
@@ -550,6 +587,38 @@ fn print_wan(r: &crate::bench::wan::WanBench) {
         }
     }
     println!("targets met: {}", r.targets_met);
+}
+
+/// The soak bench as lines of text.
+fn print_soak(r: &crate::bench::soak::SoakBench) {
+    let opt = |x: Option<f64>| x.map_or("n/a (too few samples)".into(), |v| format!("{v:.1}"));
+    println!(
+        "{} jobs in {:.1} s ({:.1} jobs/s); {} done, {} paid; submit → receipt p50 {:.1} ms",
+        r.jobs, r.wall_secs, r.jobs_per_sec, r.done, r.paid, r.end_to_end_ms.p50
+    );
+    for s in std::iter::once(&r.baseline).chain(&r.samples) {
+        println!(
+            "  {:>7} jobs: RSS {:>8} KiB (anon {:>8} KiB), {:>4} fds",
+            s.jobs, s.rss_kib, s.rss_anon_kib, s.fds
+        );
+    }
+    println!(
+        "RSS slope after warm-up: {} KiB per 1,000 jobs ({} bytes/job; anon {} KiB per 1,000); fds: {} per 1,000 jobs, {:+} overall",
+        opt(r.rss_slope_kib_per_1000_jobs),
+        opt(r.rss_bytes_per_job),
+        opt(r.rss_anon_slope_kib_per_1000_jobs),
+        opt(r.fd_slope_per_1000_jobs),
+        r.fd_growth_after_warmup
+    );
+    println!(
+        "jobs.db: provider {:.0} bytes/job, buyer {:.0} bytes/job; audit: {}",
+        r.provider_jobs_db_bytes_per_job,
+        r.buyer_jobs_db_bytes_per_job,
+        if r.audit_ok { "OK" } else { "FAILED" }
+    );
+    for (code, n) in &r.failures {
+        println!("failed: {n} × {code}");
+    }
 }
 
 /// The relay bench as a table: one column per relay.

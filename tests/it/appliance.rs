@@ -214,7 +214,7 @@ fn start_up(home: &Path, extra: &[&str]) -> (Spawned, String, String) {
 }
 
 async fn stats_until(dashboard: &str, ready: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let s = get_json(&format!("{dashboard}/api/stats")).await;
         if ready(&s) {
@@ -336,7 +336,8 @@ async fn up_falls_back_to_the_embedded_relay_and_says_so_on_the_dashboard() {
         page.contains("class=\"notice\"") && page.contains("embedded relay"),
         "{page}"
     );
-    assert!(up.signal("TERM").success());
+    let stopped = up.signal("TERM");
+    assert!(stopped.success(), "stopped with {stopped:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -366,7 +367,8 @@ async fn swarm_runs_funded_nodes_on_an_up_market_and_reports_memory() {
         "{report}"
     );
     stats_until(&dashboard, |s| s["online_nodes"] == 5).await;
-    assert!(swarm.signal("TERM").success());
+    let stopped = swarm.signal("TERM");
+    assert!(stopped.success(), "stopped with {stopped:?}");
     // Each node's wallet got its own faucet grant: 5 × 7 sats issued.
     let audit = pylon(&dir.path().join("operator"))
         .args(["hub", "audit", "--json"])
@@ -464,7 +466,8 @@ async fn up_runs_on_a_reachable_public_relay() {
     );
     let s = stats_until(&dashboard, |s| s["online_nodes"] == 2).await;
     assert!(s.get("notices").is_none(), "{s}");
-    assert!(up.signal("TERM").success());
+    let stopped = up.signal("TERM");
+    assert!(stopped.success(), "stopped with {stopped:?}");
     assert!(public.terminate().success());
 }
 

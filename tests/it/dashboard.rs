@@ -134,7 +134,7 @@ async fn get_json(url: &str) -> Value {
 
 /// Polls `/api/stats` until `ready` holds (the collector follows the relay live).
 async fn stats_until(base: &str, ready: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(15);
+    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let s = get_json(&format!("{base}/api/stats")).await;
         if ready(&s) || Instant::now() > deadline {
@@ -358,7 +358,7 @@ impl Browser {
             .expect("client");
         // A profile of its own: no state shared with other runs, and a handle to clean up by.
         let profile = tempfile::tempdir().expect("profile dir");
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + Duration::from_secs(60);
         while http.get(format!("{base}/status")).send().await.is_err() {
             assert!(Instant::now() < deadline, "chromedriver did not start");
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -457,7 +457,7 @@ async fn a_real_browser_sees_the_dashboard_update_live() {
     // Jobs run while the page is open; it must follow without a reload.
     run_jobs(&sc.buyer, sc.provider, 4, "live").await;
     let api = stats_until(&base, |s| s["windows"]["last_day"]["sats_settled"] == 4).await;
-    let deadline = Instant::now() + Duration::from_secs(15);
+    let deadline = Instant::now() + Duration::from_secs(60);
     let mut now = browser.numbers().await;
     let want_settled = api["windows"]["last_day"]["sats_settled"].to_string();
     while now["settled"] != want_settled.as_str() && Instant::now() < deadline {

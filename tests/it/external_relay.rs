@@ -68,7 +68,7 @@ async fn start_nostr_rs_relay() -> ExternalRelay {
         .spawn()
         .expect("start nostr-rs-relay");
     // Ready when it accepts TCP.
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(60);
     while tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .is_err()

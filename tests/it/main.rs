@@ -24,6 +24,7 @@ mod relay_store;
 mod repomap;
 mod resubscribe;
 mod secrets;
+mod soak;
 mod textgen;
 mod trust;
 mod wan;

@@ -178,7 +178,7 @@ impl RequestWatch {
         wanted: &[(PublicKey, &str)],
     ) -> Vec<Event> {
         let mut found: HashMap<(PublicKey, String), Event> = HashMap::new();
-        let until = tokio::time::Instant::now() + Duration::from_secs(15);
+        let until = tokio::time::Instant::now() + Duration::from_secs(60);
         while found.len() < wanted.len() {
             let note = tokio::time::timeout_at(until, notes.recv())
                 .await
@@ -660,22 +660,31 @@ async fn money_drill_hub_killed_five_times_mid_storm() {
         outcome_timeout: Duration::from_millis(1_500),
         ..NwcOptions::default()
     };
+    // Funding happens before any outage, with the default deadlines: the short ones are for the
+    // drill, and on a loaded machine they can end a plain top-up as "not paid".
+    let fund = |keys: Keys| {
+        let (hub_pk, relay_url) = (hub_pk, relay_url.clone());
+        async move {
+            let w = NwcWallet::connect(&uri(&hub_pk, &relay_url, &keys), NwcOptions::default())
+                .await
+                .expect("funding wallet connects");
+            w.top_up(DRILL_FUNDING_MSAT, "drill").await.expect("funded");
+            w.shutdown().await;
+        }
+    };
     let mut wallets = Vec::new();
     for _ in 0..DRILL_WALLETS {
-        let w = NwcWallet::connect(&uri(&hub_pk, &relay_url, &Keys::generate()), options)
+        let keys = Keys::generate();
+        fund(keys.clone()).await;
+        let w = NwcWallet::connect(&uri(&hub_pk, &relay_url, &keys), options)
             .await
             .expect("wallet connects");
-        w.top_up(DRILL_FUNDING_MSAT, "drill").await.expect("funded");
         wallets.push(Arc::new(w));
     }
     let mut accounts: Vec<String> = wallets.iter().map(|w| w.client_pubkey().to_hex()).collect();
     for home in &cli_homes {
         let keys = home.identity.wallet_client_keys();
-        let w = NwcWallet::connect(&uri(&hub_pk, &relay_url, &keys), options)
-            .await
-            .expect("cli account connects");
-        w.top_up(DRILL_FUNDING_MSAT, "drill").await.expect("funded");
-        w.shutdown().await;
+        fund(keys.clone()).await;
         accounts.push(keys.public_key().to_hex());
     }
     let wallets = Arc::new(wallets);

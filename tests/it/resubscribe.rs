@@ -421,7 +421,7 @@ async fn an_unsubscribed_subscription_is_not_revived() {
         .await
         .expect("subscribe");
     relay
-        .wait_for(Duration::from_secs(5), "the REQ arrived", |reqs| {
+        .wait_for(Duration::from_secs(30), "the REQ arrived", |reqs| {
             !reqs.is_empty()
         })
         .await;

@@ -164,7 +164,7 @@ async fn answers_when(
     jobs: &[EventId],
     done: impl Fn(&[Answers]) -> bool,
 ) -> Vec<Answers> {
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let a = answers(relay, jobs).await;
         if done(&a) {
