@@ -49,6 +49,9 @@ pub struct SizeRun {
     pub peak_mib: f64,
     /// The same once the process has been idle for [`SETTLE`] after the burst, MiB.
     pub after_burst_mib: f64,
+    /// The same once the allocator returned its free memory (what `pylon swarm` does when its
+    /// nodes are idle; see `release_free_memory`), MiB.
+    pub after_trim_mib: f64,
 }
 
 /// Idle time after a burst before its memory is read.
@@ -186,6 +189,8 @@ pub async fn run(
         // Settlements and receipts trail the last outcome by a moment.
         tokio::time::sleep(SETTLE).await;
         let after_burst = resident_bytes().unwrap_or(0);
+        crate::appliance::swarm::release_free_memory();
+        let after_trim = resident_bytes().unwrap_or(0);
         let mut balances_after = 0u64;
         for b in &buyers {
             balances_after += b.balance_msat().await.map_err(|e| err(&e))?;
@@ -209,6 +214,7 @@ pub async fn run(
             paid_twice: (spent / price.max(1)).saturating_sub(done),
             peak_mib: mib(peak.load(Ordering::SeqCst) as f64),
             after_burst_mib: mib(after_burst as f64),
+            after_trim_mib: mib(after_trim as f64),
         });
         progress(&format!("stopping {n} providers"));
         swarm.stop().await;

@@ -108,7 +108,14 @@ pub(crate) async fn run(ctx: &Context, args: SwarmArgs) -> anyhow::Result<ExitCo
     loop {
         tokio::select! {
             r = &mut signal => { r?; break; }
-            _ = tick.tick() => show(&report(swarm.busy().await))?,
+            _ = tick.tick() => {
+                let busy = swarm.busy().await;
+                if busy == 0 {
+                    // Idle after a burst: give the allocator's free memory back.
+                    crate::appliance::swarm::release_free_memory();
+                }
+                show(&report(busy))?
+            }
         }
     }
     eprintln!(
