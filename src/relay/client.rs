@@ -269,7 +269,19 @@ impl MarketClient {
         for url in relays {
             add_relay(&client, url, buffers).await?;
         }
-        let output = client.try_connect(timeout).await;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut output = client.try_connect(timeout).await;
+        // A connection cut during its handshake (a flaky link) is worth another try within the
+        // timeout; a refused one (no relay there) is not: one-shot commands must fail fast.
+        while output.success.is_empty()
+            && !output.failed.is_empty()
+            && output.failed.values().all(|why| !why.contains("refused"))
+            && tokio::time::Instant::now() + Duration::from_millis(100) < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            output = client.try_connect(left).await;
+        }
         if !output.success.is_empty() {
             // Keep retrying the ones that failed, in the background.
             client.connect().await;
