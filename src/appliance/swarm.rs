@@ -167,9 +167,8 @@ pub fn resident_bytes() -> Option<u64> {
 /// glibc's malloc keeps freed memory in its per-thread arenas for reuse instead of returning it,
 /// so after a burst (hundreds of nodes parsing thousands of events at once) the resident size
 /// stays at its peak although the memory is free. `malloc_trim` returns it; a long-running
-/// swarm calls this when idle. What stays resident is bounded: each node's notification
-/// channels keep their last messages (a fixed number of slots), and the relay's store is
-/// memory-mapped. No-op off glibc.
+/// swarm calls this when idle. Only free memory goes back: what stays is live data, which
+/// `pylon bench swarm` reports as `after_trim_mib`. No-op off glibc.
 pub fn release_free_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only walks the allocator's own free lists; it takes no pointers.

@@ -121,24 +121,22 @@ pub(super) async fn handle(s: Arc<Shared>, event: Event) {
     // A job paid later joins the backlog now, or is shed. A pay-first job joins once paid: an
     // unpaid one holds nothing, and a paid one is never shed.
     let backlog = match pay_first {
-        PayFirst::No => match Backlog::reserve(&s) {
-            Ok(b) => Some(b),
-            Err(why) => {
-                drop(credit);
-                s.shed.fetch_add(1, Ordering::SeqCst);
-                job.fail(FailureCode::Overloaded, &why).await;
-                if let Ok(mut b) = s.buyers.lock() {
-                    b.release(&request.buyer);
-                }
-                return;
-            }
-        },
-        _ => None,
+        PayFirst::No => Backlog::reserve(&s).map(Some),
+        _ => Ok(None),
     };
-    if let Ok(mut slot) = job.credit.lock() {
-        *slot = credit;
+    match backlog {
+        Ok(backlog) => {
+            if let Ok(mut slot) = job.credit.lock() {
+                *slot = credit;
+            }
+            job.run(price, pay_first, backlog).await;
+        }
+        Err(why) => {
+            drop(credit);
+            s.shed.fetch_add(1, Ordering::SeqCst);
+            job.fail(FailureCode::Overloaded, &why).await;
+        }
     }
-    job.run(price, pay_first, backlog).await;
     drop(job);
     if let Ok(mut b) = s.buyers.lock() {
         b.release(&request.buyer);

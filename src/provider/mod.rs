@@ -360,12 +360,11 @@ impl Node {
         shared.heartbeat(true).await;
 
         let (stop, stopped) = watch::channel(false);
-        let tasks = vec![
+        let mut tasks = vec![
             tokio::spawn(intake::run(shared.clone(), stopped.clone())),
             tokio::spawn(heartbeats(shared.clone(), stopped.clone())),
             tokio::spawn(settle::watch(shared.clone(), stopped)),
         ];
-        let mut tasks = tasks;
         for rec in pay_first {
             tasks.push(tokio::spawn(job::resume(shared.clone(), rec)));
         }
