@@ -8,7 +8,12 @@
 //!
 //! 1. it remembers, per subscription and relay, the newest `created_at` delivered;
 //! 2. on a too-slow `CLOSED` it sends the same REQ (same id, same filters) to that relay with
-//!    `since` = that newest `created_at`, so live delivery resumes at once;
+//!    `since` = that newest `created_at` less [`RESUME_MARGIN`], so live delivery resumes at
+//!    once. The margin is there because a relay need not deliver in `created_at` order: ours
+//!    stores a burst's events concurrently, and any relay passes on an event that arrived late
+//!    (a slow link, a retried publish) after newer ones. So the events a close cut off can be
+//!    older than the newest one delivered; the margin brings them back, and the events it
+//!    brings twice are dropped as seen (below);
 //! 3. it pages the missed stored events backwards with `until` (the relay answers a limited
 //!    query with the newest N), on separate fetch subscriptions. nostr-sdk's relay turns every
 //!    `EVENT` of any subscription, fetches included, into a pool
@@ -33,6 +38,10 @@ use nostr_sdk::{
 use tokio::sync::broadcast::{self, error::RecvError};
 use tokio::task::{JoinHandle, JoinSet};
 
+/// How far before the newest delivered `created_at` a re-subscription starts (see the module
+/// docs): wide enough for a concurrent store's reordering and for events a few seconds late,
+/// narrow enough that the repeated stretch stays a few catch-up pages in a burst.
+pub(super) const RESUME_MARGIN: u64 = 10;
 /// The most pages one catch-up reads per filter before it gives up (with a warning): a bound on
 /// the work a single close can cause.
 const MAX_PAGES: usize = 100;
@@ -402,7 +411,8 @@ impl Repair {
             let filters = resume_filters(&filters, newest);
             let failed = match self.reestablish(&filters).await {
                 Ok(caught_up) => {
-                    let from = newest.or_else(|| filters.iter().filter_map(|f| f.since).min());
+                    // A filter without `since` is read from the beginning (`None` sorts first).
+                    let from = filters.iter().map(|f| f.since).min().flatten();
                     tracing::info!(
                         "relay {} closed subscription {} ({}: {}); re-subscribed from {}, caught up {} events",
                         self.url,
@@ -452,12 +462,13 @@ impl Repair {
     }
 }
 
-/// The filters with `since` moved up to the newest `created_at` already delivered (never down:
-/// a filter's own `since` stays when it is later).
+/// The filters with `since` moved up to [`RESUME_MARGIN`] before the newest `created_at`
+/// already delivered (never down: a filter's own `since` stays when it is later).
 pub(super) fn resume_filters(filters: &[Filter], newest: Option<Timestamp>) -> Vec<Filter> {
+    let from = newest.map(|t| Timestamp::from(t.as_secs().saturating_sub(RESUME_MARGIN)));
     filters
         .iter()
-        .map(|f| match newest {
+        .map(|f| match from {
             Some(t) if f.since.is_none_or(|s| s < t) => f.clone().since(t),
             _ => f.clone(),
         })
@@ -593,11 +604,14 @@ mod tests {
         let open = Filter::new().kind(Kind::from(3));
         let got = resume_filters(
             &[late.clone(), early, open.clone()],
-            Some(Timestamp::from(100)),
+            Some(Timestamp::from(100 + RESUME_MARGIN)),
         );
         assert_eq!(got[0].since, Some(Timestamp::from(500)));
         assert_eq!(got[1].since, Some(Timestamp::from(100)));
         assert_eq!(got[2].since, Some(Timestamp::from(100)));
+        // Near the epoch the margin stops at zero.
+        let got = resume_filters(std::slice::from_ref(&open), Some(Timestamp::from(3)));
+        assert_eq!(got[0].since, Some(Timestamp::from(0)));
         let untouched = resume_filters(&[late.clone(), open.clone()], None);
         assert_eq!(untouched, vec![late, open]);
     }
