@@ -30,8 +30,12 @@ pub const METHODS: [&str; 7] = [
     nip47::METHOD_FAUCET,
 ];
 
-/// How many answered requests are kept for re-sending to retries.
+/// The most answered requests kept for re-sending to retries (a hard bound under any load).
 const ANSWER_CACHE: usize = 20_000;
+/// How long an answer is kept for a request without a NIP-40 expiration. One with an expiration
+/// is kept until then only: past it the hub drops the retry unread, so the answer is dead weight
+/// (kept by count alone, 20,000 answers were ~30 MiB that a long run never gave back).
+const ANSWER_KEEP_SECS: u64 = 120;
 
 /// The hub's tunables (the `[hub]` config table).
 #[derive(Debug, Clone, PartialEq)]
@@ -89,7 +93,26 @@ pub struct Service {
 struct Recent {
     in_flight: HashSet<EventId>,
     answered: HashMap<EventId, Event>,
-    order: VecDeque<EventId>,
+    /// Answered ids in the order answered, each with the second after which no retry of it can
+    /// be served. Clients set similar expirations, so this is close to sorted; an entry behind a
+    /// longer-lived one waits for it, which only delays its eviction.
+    order: VecDeque<(u64, EventId)>,
+}
+
+impl Recent {
+    fn remember(&mut self, request: &Event, answer: Event, now: Timestamp) {
+        let until =
+            nip47::expiration(request).map_or(now.as_secs() + ANSWER_KEEP_SECS, |t| t.as_secs());
+        self.answered.insert(request.id, answer);
+        self.order.push_back((until, request.id));
+        while let Some(&(until, id)) = self.order.front() {
+            if until >= now.as_secs() && self.order.len() <= ANSWER_CACHE {
+                break;
+            }
+            self.order.pop_front();
+            self.answered.remove(&id);
+        }
+    }
 }
 
 impl Service {
@@ -174,13 +197,7 @@ impl Service {
         let mut recent = self.lock_recent();
         recent.in_flight.remove(&event.id);
         if let Some(response) = outcome.publish.first() {
-            recent.answered.insert(event.id, response.clone());
-            recent.order.push_back(event.id);
-            while recent.order.len() > ANSWER_CACHE {
-                if let Some(old) = recent.order.pop_front() {
-                    recent.answered.remove(&old);
-                }
-            }
+            recent.remember(event, response.clone(), Timestamp::now());
         }
         outcome
     }
@@ -577,6 +594,36 @@ mod tests {
             .expect("answered")
             .into_result()
             .expect("invoice")
+    }
+
+    #[test]
+    fn answers_are_kept_until_their_request_expires_and_no_longer() {
+        let svc = service();
+        let client = Keys::generate();
+        let balance = Request::GetBalance;
+        let now = Timestamp::from(1_000_000);
+        let at = |secs: u64| request(&svc, &client, &balance, Some(Timestamp::from(secs)));
+        let mut recent = Recent::default();
+        let (short, long, open) = (
+            at(1_000_010),
+            at(1_000_100),
+            request(&svc, &client, &balance, None),
+        );
+        for ev in [&short, &long, &open] {
+            recent.remember(ev, ev.clone(), now);
+        }
+        assert_eq!(recent.answered.len(), 3);
+        // Past the first expiration, the next answer evicts it; the others stay.
+        let later = at(1_000_200);
+        recent.remember(&later, later.clone(), Timestamp::from(1_000_050));
+        assert!(!recent.answered.contains_key(&short.id));
+        assert!(recent.answered.contains_key(&long.id) && recent.answered.contains_key(&open.id));
+        // Past every expiration (and the keep time of the one without): only the newest stays.
+        let last = at(1_000_900);
+        recent.remember(&last, last.clone(), Timestamp::from(1_000_500));
+        assert_eq!(recent.answered.len(), 1, "{:?}", recent.order);
+        assert!(recent.answered.contains_key(&last.id));
+        assert_eq!(recent.order.len(), 1);
     }
 
     fn pay(bolt11: &str) -> Request {

@@ -12,7 +12,7 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use tokio::sync::broadcast;
 
-pub use nwc::NwcWallet;
+pub use nwc::{NwcOptions, NwcWallet};
 
 use crate::protocol::nip47::{
     ErrorBody, ErrorCode, GetInfoResult, ListTransactionsParams, MakeInvoiceParams, Notification,

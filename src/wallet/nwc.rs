@@ -4,7 +4,8 @@
 //! Requests are ephemeral events, so the client never waits for a relay's `OK` (some relays never
 //! send one for ephemeral kinds). It waits for the wallet's response instead and re-sends the
 //! same signed request while waiting: a relay may drop it, and the wallet answers a repeated
-//! request id once.
+//! request id once. Each round waits twice as long as the one before (up to 8 s), so many
+//! payments waiting on a slow wallet do not flood a relay that limits events per connection.
 //!
 //! A payment is paid once or not at all, and the caller knows which. Every request carries a
 //! NIP-40 `expiration` that has passed, by the wallet's clock, before the client stops waiting, so
@@ -44,7 +45,8 @@ pub struct NwcOptions {
     /// How long a request may take before [`WalletError::Timeout`]. The request's NIP-40
     /// expiration is set inside this wait (at least 3 s is useful: expirations are whole seconds).
     pub request_timeout: Duration,
-    /// How often an unanswered request is sent again.
+    /// How long to wait before an unanswered request is sent again the first time; each later
+    /// round waits twice as long as the one before, up to 8 s.
     pub resend_every: Duration,
     /// After a payment went unanswered: how long the client keeps asking the wallet whether it
     /// settled before it reports [`WalletError::Unknown`].
@@ -69,6 +71,8 @@ impl Default for NwcOptions {
 const EXPIRY_MARGIN_SECS: u64 = 2;
 /// How far past the last second of validity the client keeps waiting for a late answer.
 const PAST_EXPIRY: Duration = Duration::from_millis(250);
+/// The longest pause between two rounds of asking again (see [`NwcWallet::wait`]).
+const MAX_RESEND_PAUSE: Duration = Duration::from_secs(8);
 /// Expiration of a payment look-up. A look-up changes nothing, so it may outlive its wait: a slow
 /// wallet still answering it late is harmless and may resolve a payment's outcome.
 const LOOKUP_EXPIRY_SECS: u64 = 30;
@@ -339,13 +343,20 @@ impl Inner {
             Err(e) => return Some(Err(e)),
         };
         self.send(&event, &call.answers_tx, &mut call.sent).await;
+        let mut pause = self.options.resend_every;
         loop {
             let left = deadline.at.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return None;
             }
             let answer = call.answers.recv();
-            match tokio::time::timeout(self.options.resend_every.min(left), answer).await {
+            let waited = pause.min(left);
+            // Each round asks again, so a wallet or relay that is merely slow would get ever
+            // more requests from every waiting payment (on a relay limiting events per
+            // connection, a retry storm that starves the requests themselves): wait twice as
+            // long each round.
+            pause = (pause * 2).min(MAX_RESEND_PAUSE.max(self.options.resend_every));
+            match tokio::time::timeout(waited, answer).await {
                 Ok(Some(answer)) => match self.decode(&answer) {
                     Ok(response) => return Some(Ok(response)),
                     // An unreadable answer says nothing about whether a payment ran.
@@ -364,7 +375,7 @@ impl Inner {
             }
             match hash {
                 Some(hash) => {
-                    let wait = self.options.resend_every.min(left);
+                    let wait = waited.min(left);
                     match self.lookup_payment(hash, call, wait).await {
                         Lookup::Answered(answer) => {
                             if let Ok(response) = self.decode(&answer) {

@@ -567,3 +567,45 @@ async fn a_long_history_pages_instead_of_going_unanswered() {
         .iter()
         .all(|t| t.attestation().is_some_and(|a| a.verify().is_ok())));
 }
+
+/// A wallet that never answers is asked again less and less often: with many payments waiting
+/// on a slow wallet, a fixed cadence would flood a relay that limits events per connection and
+/// starve the requests themselves.
+#[tokio::test]
+async fn a_silent_wallet_is_asked_again_less_and_less_often() {
+    let m = Market::start().await;
+    // A wallet key nobody serves.
+    let silent = Keys::generate().public_key();
+    let client = Keys::generate();
+    let uri = nostr_sdk::nips::nip47::NostrWalletConnectURI::new(
+        silent,
+        vec![m.relay.url()],
+        client.secret_key().clone(),
+        None,
+    );
+    let mut watcher = RawClient::connect(m.relay.url().as_str()).await;
+    watcher
+        .send(serde_json::json!(["REQ", "asks", {"kinds": [23194], "#p": [silent.to_hex()]}]))
+        .await;
+    assert_eq!(watcher.recv().await[0], "EOSE");
+    let options = pylon::wallet::NwcOptions {
+        request_timeout: Duration::from_secs(8),
+        resend_every: Duration::from_millis(250),
+        ..Default::default()
+    };
+    let w = NwcWallet::connect(&uri, options).await.expect("connect");
+    let err = w.balance_msat().await.expect_err("nobody answers");
+    assert!(
+        matches!(err, pylon::wallet::WalletError::Timeout(_)),
+        "{err}"
+    );
+    let mut asked = 0;
+    while let Some(msg) = watcher.recv_within(Duration::from_millis(500)).await {
+        if msg[0] == "EVENT" {
+            asked += 1;
+        }
+    }
+    // Every 250 ms for 8 s would be 32 requests; doubling pauses (0.25, 0.5, 1, 2, 4 s…) ask
+    // about six times.
+    assert!((3..=10).contains(&asked), "asked {asked} times in 8 s");
+}
