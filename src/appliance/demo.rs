@@ -5,6 +5,10 @@
 //!
 //! With churn, a share of the providers is killed mid-run, as a crash would: the map still
 //! completes, and the dashboard counts the dead providers' claimed jobs as `provider-offline`.
+//!
+//! With a [`WanLink`], every role reaches the relay through the bench's WAN proxy (delay,
+//! jitter, random cuts) and the relay rate-limits events per connection as public relays do,
+//! so the hero run can be watched under launch-day conditions on one machine.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -17,6 +21,7 @@ use serde::Serialize;
 
 use super::swarm::{Swarm, SwarmOptions};
 use super::{err, open_hub_settings, Appliance, ApplianceError};
+use crate::bench::wan_proxy::{WanProfile, WanProxy};
 use crate::bench::{percentile, round3};
 use crate::executors::Registry;
 use crate::fanout::{self, aggregate, sample, walk, Options, Progress};
@@ -45,6 +50,32 @@ pub struct DemoOptions {
     pub web: SocketAddr,
     /// Most sats the buyer spends on the map.
     pub budget_sats: u64,
+    /// Run every role through a dialled wide-area link (`None`: straight to the relay).
+    pub wan: Option<WanLink>,
+}
+
+/// The far-away relay of `pylon demo --wan`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct WanLink {
+    /// Delay, jitter and cuts between each role and the relay.
+    pub profile: WanProfile,
+    /// The relay's event rate limit per connection (the hub is exempt, as a wallet service's
+    /// own relay would treat it).
+    pub events_per_sec: u32,
+}
+
+impl Default for WanLink {
+    /// `pylon bench wan`'s defaults: 100 ms ± 20 ms, one cut per connection per minute, 20
+    /// events/s per connection.
+    fn default() -> Self {
+        Self {
+            profile: WanProfile {
+                drops_per_min: 1.0,
+                ..WanProfile::rtt(Duration::from_millis(100), Duration::from_millis(20))
+            },
+            events_per_sec: 20,
+        }
+    }
 }
 
 impl Default for DemoOptions {
@@ -57,6 +88,7 @@ impl Default for DemoOptions {
             out: PathBuf::from("pylon-demo"),
             web: ([127, 0, 0, 1], 0).into(),
             budget_sats: 5_000,
+            wan: None,
         }
     }
 }
@@ -114,6 +146,23 @@ pub struct DemoReport {
     pub scoreboard: Scoreboard,
     /// Seconds, start to scoreboard.
     pub wall_secs: f64,
+    /// The link the roles used: `null` straight to the relay.
+    pub wan: Option<WanConditions>,
+}
+
+/// What `--wan` dialled, and what the proxy did.
+#[derive(Debug, Clone, Serialize)]
+pub struct WanConditions {
+    /// Round trip added, ms.
+    pub rtt_ms: f64,
+    /// ± per chunk, ms.
+    pub jitter_ms: f64,
+    /// Random cuts per connection per minute.
+    pub reconnects_per_min: f64,
+    /// The relay's events/s per connection.
+    pub events_per_sec: u32,
+    /// The proxy's counters at the end of the run.
+    pub proxy: crate::bench::wan_proxy::WanCounters,
 }
 
 /// A demo whose dashboard is still up (`--keep`), or about to be stopped.
@@ -125,6 +174,7 @@ pub struct Demo {
     web: RunningWeb,
     market: Appliance,
     swarm: Swarm,
+    proxy: Option<WanProxy>,
 }
 
 impl Demo {
@@ -138,6 +188,7 @@ impl Demo {
         self.web.stop().await;
         self.swarm.stop().await;
         self.market.stop().await;
+        drop(self.proxy);
     }
 }
 
@@ -163,14 +214,18 @@ pub async fn run(
             .count()
     ));
 
-    let relay = RelaySettings {
-        bind: ([127, 0, 0, 1], 0).into(),
-        events_per_second: 100_000,
-        event_burst: 100_000,
-        ..RelaySettings::default()
-    };
-    let market = Appliance::start(&relay, None, None, open_hub_settings()).await?;
-    say(&format!("relay {} and hub up", market.url));
+    let (market, proxy) = start_market(options.wan).await?;
+    match (&proxy, options.wan) {
+        (Some(p), Some(w)) => say(&format!(
+            "relay and hub up; every role reaches the relay through {} (RTT {} ms ± {} ms, {} cuts/connection/min, {} events/s per connection)",
+            p.url(),
+            (w.profile.up + w.profile.down).as_millis(),
+            w.profile.jitter.as_millis(),
+            w.profile.drops_per_min,
+            w.events_per_sec
+        )),
+        _ => say(&format!("relay {} and hub up", market.url)),
+    }
     let node = NodeOptions {
         prices: [(kinds::CODE_ANALYSIS, 1_000)].into(),
         heartbeat_interval: Duration::from_secs(2),
@@ -345,12 +400,49 @@ pub async fn run(
             killed,
             scoreboard,
             wall_secs: round3(t0.elapsed().as_secs_f64()),
+            wan: options.wan.zip(proxy.as_ref()).map(|(w, p)| WanConditions {
+                rtt_ms: round3((w.profile.up + w.profile.down).as_secs_f64() * 1000.0),
+                jitter_ms: round3(w.profile.jitter.as_secs_f64() * 1000.0),
+                reconnects_per_min: w.profile.drops_per_min,
+                events_per_sec: w.events_per_sec,
+                proxy: p.counters(),
+            }),
         },
         dashboard,
         web,
         market,
         swarm,
+        proxy,
     })
+}
+
+/// The relay and hub, straight or (with `wan`) behind the WAN proxy with public-relay limits.
+async fn start_market(
+    wan: Option<WanLink>,
+) -> Result<(Appliance, Option<WanProxy>), ApplianceError> {
+    let mut relay = RelaySettings {
+        bind: ([127, 0, 0, 1], 0).into(),
+        events_per_second: 100_000,
+        event_burst: 100_000,
+        ..RelaySettings::default()
+    };
+    let Some(link) = wan else {
+        let market = Appliance::start(&relay, None, None, open_hub_settings()).await?;
+        return Ok((market, None));
+    };
+    let hub_keys = Keys::generate();
+    let hub_node_key = bitcoin::secp256k1::SecretKey::new(&mut rand::thread_rng());
+    relay.events_per_second = link.events_per_sec.max(1);
+    relay.event_burst = link.events_per_sec.max(1);
+    relay.rate_limit_exempt = vec![hub_keys.public_key()];
+    let (market, proxy) = Appliance::start_behind_proxy(
+        &relay,
+        Some((hub_keys, hub_node_key)),
+        open_hub_settings(),
+        link.profile,
+    )
+    .await?;
+    Ok((market, Some(proxy)))
 }
 
 /// The repository's files plus the generated sample (under `sample/`).

@@ -13,6 +13,7 @@ use std::time::Duration;
 use nostr_sdk::nips::nip47::NostrWalletConnectURI;
 use nostr_sdk::{Keys, PublicKey, RelayUrl};
 
+use crate::bench::wan_proxy::{WanProfile, WanProxy};
 use crate::buyer::Buyer;
 use crate::executors::Registry;
 use crate::hub::{self, FaucetLimits, HubSettings, Ledger, RunningHub, Service};
@@ -82,6 +83,37 @@ impl Appliance {
             .map_err(err)?;
         let url = relay.url();
         Self::start_on(url, Some(relay), dir, temp, hub_identity, hub_settings).await
+    }
+
+    /// Like [`start`](Self::start) in a temporary directory, but every role reaches the relay
+    /// through a [`WanProxy`] dialled to `profile` (the relay itself stays in this process):
+    /// the market as it runs with a relay far away. The proxy is returned so its counters can
+    /// be read; dropping it cuts the roles off.
+    pub async fn start_behind_proxy(
+        settings: &RelaySettings,
+        hub_identity: Option<(Keys, bitcoin::secp256k1::SecretKey)>,
+        hub_settings: HubSettings,
+        profile: WanProfile,
+    ) -> Result<(Self, WanProxy), ApplianceError> {
+        let temp = tempfile::tempdir().map_err(err)?;
+        let dir = temp.path().to_path_buf();
+        let relay = EmbeddedRelay::start(settings, &dir.join("relay"))
+            .await
+            .map_err(err)?;
+        let proxy = WanProxy::start(relay.local_addr(), profile)
+            .await
+            .map_err(err)?;
+        let url = RelayUrl::parse(&proxy.url()).map_err(err)?;
+        let market = Self::start_on(
+            url,
+            Some(relay),
+            dir,
+            Some(temp),
+            hub_identity,
+            hub_settings,
+        )
+        .await?;
+        Ok((market, proxy))
     }
 
     /// Starts a hub on the relay at `url` (`embedded` when this process serves it), storing

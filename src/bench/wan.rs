@@ -95,10 +95,42 @@ pub struct PaidLoop {
     pub p50_over_measured_rtt: f64,
     /// Stages from the buyer's store.
     pub stages: Stages,
+    /// Sequential relay crossings per job, stage by stage: each stage's p50 ÷ the measured
+    /// publish → OK round trip. One crossing (an event from one role through the relay to
+    /// another) costs about one round trip, so these say how many the protocol puts in a row.
+    pub crossings: Crossings,
     /// Jobs not done, by failure code (or error).
     pub failures: BTreeMap<String, usize>,
     /// One full reason for each bucket of `failures`.
     pub failure_examples: BTreeMap<String, String>,
+}
+
+/// Sequential relay crossings of one paid job, measured (see [`PaidLoop::crossings`]).
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Crossings {
+    /// Submitted → claimed.
+    pub pickup: f64,
+    /// Claimed → result.
+    pub result: f64,
+    /// Result → paid.
+    pub payment: f64,
+    /// Paid → receipt.
+    pub receipt: f64,
+    /// Submit → receipt (the end-to-end p50 ÷ the round trip).
+    pub total: f64,
+}
+
+impl Crossings {
+    fn measure(stages: &Stages, end_to_end_p50_ms: f64, round_trip_ms: f64) -> Self {
+        let per = |ms: f64| (ms / round_trip_ms.max(1e-9) * 10.0).round() / 10.0;
+        Self {
+            pickup: per(stages.pickup_ms.p50),
+            result: per(stages.result_ms.p50),
+            payment: per(stages.payment_ms.p50),
+            receipt: per(stages.receipt_ms.p50),
+            total: per(end_to_end_p50_ms),
+        }
+    }
 }
 
 /// The repo map.
@@ -409,7 +441,9 @@ async fn paid_loop(
     let stages = stages(&store, &ids);
     drop(buyer);
     let end_to_end_ms = Latency::of(&took);
+    let crossings = Crossings::measure(&stages, end_to_end_ms.p50, measured_rtt_ms);
     Ok(PaidLoop {
+        crossings,
         jobs,
         done: took.len(),
         p50_over_rtt: nominal_rtt

@@ -563,6 +563,11 @@ fn print_wan(r: &crate::bench::wan::WanBench) {
             )),
             l.failures
         );
+        let x = &l.crossings;
+        println!(
+            "{:>6}: crossings per job (stage p50 ÷ round trip): pickup {:.1}, result {:.1}, payment {:.1}, receipt {:.1}; total {:.1}",
+            s.path, x.pickup, x.result, x.payment, x.receipt, x.total
+        );
         let m = &s.repomap;
         println!(
             "{:>6}: repo map {}/{} files ({:.1}%) in {:.1} s{}; failures {:?}; audit {}",

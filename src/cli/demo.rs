@@ -35,6 +35,11 @@ pub(crate) struct DemoArgs {
     /// Most sats the map may cost
     #[arg(long, default_value_t = 5_000)]
     budget: u64,
+    /// Run every role through a relay "far away": the WAN proxy of `pylon bench wan` with its
+    /// defaults (100 ms ± 20 ms round trip, one random cut per connection per minute) and the
+    /// relay limited to 20 events/s per connection, as public relays are
+    #[arg(long)]
+    wan: bool,
     /// Leave the dashboard (and the market) up after the run, until Ctrl-C
     #[arg(long)]
     keep: bool,
@@ -52,6 +57,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         out: args.out.clone(),
         web: args.web,
         budget_sats: args.budget.max(1),
+        wan: args.wan.then(demo::WanLink::default),
     };
     let demo = demo::run(
         &options,
@@ -77,6 +83,12 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         }
         if r.killed > 0 {
             println!("  churn: {} providers killed mid-run", r.killed);
+        }
+        if let Some(w) = &r.wan {
+            println!(
+                "  wan: RTT {} ms ± {} ms, {} cuts/connection/min, {} events/s per connection; the proxy cut {} connections at random",
+                w.rtt_ms, w.jitter_ms, w.reconnects_per_min, w.events_per_sec, w.proxy.random_drops
+            );
         }
         println!("artifacts:");
         for p in &r.artifacts {

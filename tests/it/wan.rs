@@ -284,6 +284,18 @@ fn bench_wan_prints_its_figures_as_json() {
         "every job done or its failure listed: {paid}"
     );
     assert!(paid["p50_over_rtt"].is_number(), "{paid}");
+    if done > 0 {
+        // Request, result, payment and receipt each cross the relay in turn: a paid job cannot
+        // take fewer than about four round trips, and the stages add up to the whole.
+        let x = &paid["crossings"];
+        let total = x["total"].as_f64().expect("crossings");
+        assert!(total >= 3.0, "crossings per job: {x}");
+        let stages: f64 = ["pickup", "result", "payment", "receipt"]
+            .iter()
+            .map(|k| x[k].as_f64().expect("stage"))
+            .sum();
+        assert!(stages > 0.0 && stages <= total * 1.5 + 1.0, "{x}");
+    }
     let map = &wan["repomap"];
     assert_eq!(map["files"], 20, "{map}");
     let completed = map["completed"].as_u64().expect("completed");
