@@ -268,16 +268,17 @@ impl Buyer {
             routes: self.routes.clone(),
             id: event.id,
         };
-        match self.relay.publish(&event).await {
-            Ok(_) => {}
+        let landed = match self.relay.publish(&event).await {
+            Ok(_) => true,
             // A relay under load can take longer than the publish timeout to store the request;
             // following the job costs nothing, and a quiet job gets its request sent again.
             Err(e @ crate::relay::client::ClientError::Unconfirmed { .. }) => {
                 tracing::debug!(job = %event.id, "{e}; following the job anyway");
+                false
             }
             Err(e) => return Err(e.into()),
-        }
-        self.follow(&event, rx, options).await
+        };
+        self.follow(&event, rx, options, landed).await
     }
 
     /// Pays the amount `provider`'s result of job `job_id` asked for, after checking the invoice
@@ -341,6 +342,7 @@ impl Buyer {
         request_event: &Event,
         mut events: mpsc::UnboundedReceiver<Event>,
         options: WaitOptions,
+        landed: bool,
     ) -> Result<Outcome, BuyerError> {
         let request = JobRequest::from_event(request_event, None)?;
         let id = request.id;
@@ -371,6 +373,8 @@ impl Buyer {
             kinds::result_kind(request.kind),
             kinds::RECEIPT,
         ]);
+        let mut resend_after = CATCH_UP;
+        let mut resend_at = tokio::time::Instant::now();
         loop {
             let event = match backlog.pop_front() {
                 Some(ev) => ev,
@@ -381,10 +385,18 @@ impl Buyer {
                         Ok(None) => break,
                         Err(_) if left <= CATCH_UP => break,
                         Err(_) => {
-                            if claimers.is_empty() && result.is_none() {
+                            if !landed
+                                && claimers.is_empty()
+                                && result.is_none()
+                                && tokio::time::Instant::now() >= resend_at
+                            {
                                 // Perhaps the request itself never landed (a relay too busy to
                                 // confirm it): send it again; relays and providers ignore copies.
+                                // Not when a relay said it stored it (a copy would only spend
+                                // the connection's event budget), and less often each time.
                                 let _ = self.relay.publish_nowait(request_event).await;
+                                resend_after *= 2;
+                                resend_at = tokio::time::Instant::now() + resend_after;
                             }
                             // Quiet for a while: relays drop live events under load, but results,
                             // feedback and receipts are stored, so ask for them (a few jobs at

@@ -39,6 +39,7 @@ use super::settings::RelaySettings;
 use super::transport::NoDelayTransport;
 
 mod resub;
+pub use resub::RESUME_MARGIN;
 
 /// How long a publish may wait for room in a full outgoing queue.
 const PUBLISH_BACKPRESSURE: Duration = Duration::from_secs(10);

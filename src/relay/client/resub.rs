@@ -41,7 +41,7 @@ use tokio::task::{JoinHandle, JoinSet};
 /// How far before the newest delivered `created_at` a re-subscription starts (see the module
 /// docs): wide enough for a concurrent store's reordering and for events a few seconds late,
 /// narrow enough that the repeated stretch stays a few catch-up pages in a burst.
-pub(super) const RESUME_MARGIN: u64 = 10;
+pub const RESUME_MARGIN: u64 = 10;
 /// The most pages one catch-up reads per filter before it gives up (with a warning): a bound on
 /// the work a single close can cause.
 const MAX_PAGES: usize = 100;
