@@ -79,15 +79,20 @@ pub struct Trace {
 
 /// Fetches everything about `job_id` from `client`'s relays and verifies it, accepting
 /// settlement attestations only from `trust` (its hub service keys are resolved on the relays).
+/// A relay that does not answer completely in `timeout` is an error, never a verdict.
 pub async fn trace(
     client: &MarketClient,
     job_id: EventId,
     timeout: Duration,
     trust: &TrustedHubs,
 ) -> Result<Trace, ClientError> {
-    let request = client.fetch(Filter::new().id(job_id), timeout).await?;
+    // Complete answers only: a best-effort look-up that a slow or cut link ended early comes
+    // back empty, and "the request is not on these relays" would then be a false verdict.
+    let request = client
+        .fetch_complete(Filter::new().id(job_id), timeout)
+        .await?;
     let related = client
-        .fetch(Filter::new().event(job_id).limit(1000), timeout)
+        .fetch_complete(Filter::new().event(job_id).limit(1000), timeout)
         .await?;
     let mut trust = trust.clone();
     trust.resolve(client, timeout).await?;

@@ -776,3 +776,42 @@ async fn a_stalled_pylon_client_is_closed_resubscribes_and_ends_with_every_event
     assert_eq!(got.len(), sent.len() + 1, "and the probe too");
     client.shutdown().await;
 }
+
+/// A trace through a link that stalls is an error, never a verdict: a best-effort look-up cut
+/// short comes back empty, and "NOT VERIFIED: the request is not on these relays" would be a lie
+/// about a job that is there.
+#[tokio::test]
+async fn a_trace_through_a_stalled_link_is_an_error_not_a_verdict() {
+    let (relay, _dir) = start("").await;
+    let proxy = StallProxy::start(relay.local_addr()).await;
+    let client = pylon::relay::MarketClient::connect(
+        Keys::generate(),
+        &[proxy.url()],
+        Duration::from_secs(5),
+        pylon::relay::Reachability::OneShot,
+    )
+    .await
+    .expect("connect");
+    let keys = Keys::generate();
+    let request = note(&keys, "a job", vec![]);
+    RawClient::connect(relay.url().as_str())
+        .await
+        .publish(&request)
+        .await;
+    let trust = pylon::provenance::TrustedHubs::none();
+    // Straight through, the request is found (and this one verifies as nothing more).
+    let seen = pylon::provenance::trace(&client, request.id, Duration::from_secs(5), &trust)
+        .await
+        .expect("a complete answer");
+    assert_ne!(
+        seen.reason.as_deref(),
+        Some("the request is not on these relays"),
+        "{seen:?}"
+    );
+    proxy.pause(true);
+    let stalled =
+        pylon::provenance::trace(&client, request.id, Duration::from_millis(800), &trust).await;
+    assert!(stalled.is_err(), "a verdict from no answer: {stalled:?}");
+    proxy.pause(false);
+    client.shutdown().await;
+}
