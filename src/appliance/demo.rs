@@ -150,17 +150,12 @@ pub struct DemoReport {
     pub wan: Option<WanConditions>,
 }
 
-/// What `--wan` dialled, and what the proxy did.
+/// What `--wan` dialled (as `pylon bench wan` reports it), and what the proxy did.
 #[derive(Debug, Clone, Serialize)]
 pub struct WanConditions {
-    /// Round trip added, ms.
-    pub rtt_ms: f64,
-    /// ± per chunk, ms.
-    pub jitter_ms: f64,
-    /// Random cuts per connection per minute.
-    pub reconnects_per_min: f64,
-    /// The relay's events/s per connection.
-    pub events_per_sec: u32,
+    /// The link and relay limits.
+    #[serde(flatten)]
+    pub conditions: crate::bench::wan::Conditions,
     /// The proxy's counters at the end of the run.
     pub proxy: crate::bench::wan_proxy::WanCounters,
 }
@@ -174,7 +169,8 @@ pub struct Demo {
     web: RunningWeb,
     market: Appliance,
     swarm: Swarm,
-    proxy: Option<WanProxy>,
+    /// Held, not read: the roles reach the relay through it until the demo is dropped.
+    _proxy: Option<WanProxy>,
 }
 
 impl Demo {
@@ -188,7 +184,6 @@ impl Demo {
         self.web.stop().await;
         self.swarm.stop().await;
         self.market.stop().await;
-        drop(self.proxy);
     }
 }
 
@@ -401,10 +396,16 @@ pub async fn run(
             scoreboard,
             wall_secs: round3(t0.elapsed().as_secs_f64()),
             wan: options.wan.zip(proxy.as_ref()).map(|(w, p)| WanConditions {
-                rtt_ms: round3((w.profile.up + w.profile.down).as_secs_f64() * 1000.0),
-                jitter_ms: round3(w.profile.jitter.as_secs_f64() * 1000.0),
-                reconnects_per_min: w.profile.drops_per_min,
-                events_per_sec: w.events_per_sec,
+                conditions: crate::bench::wan::Conditions {
+                    rtt_ms: round3((w.profile.up + w.profile.down).as_secs_f64() * 1000.0),
+                    jitter_ms: round3(w.profile.jitter.as_secs_f64() * 1000.0),
+                    reconnects_per_min: w.profile.drops_per_min,
+                    events_per_sec: w.events_per_sec,
+                    event_burst: w.events_per_sec,
+                    bytes_per_sec: w.profile.bytes_per_sec,
+                    outage_after_secs: None,
+                    outage_secs: None,
+                },
                 proxy: p.counters(),
             }),
         },
@@ -412,7 +413,7 @@ pub async fn run(
         web,
         market,
         swarm,
-        proxy,
+        _proxy: proxy,
     })
 }
 

@@ -87,7 +87,11 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         if let Some(w) = &r.wan {
             println!(
                 "  wan: RTT {} ms ± {} ms, {} cuts/connection/min, {} events/s per connection; the proxy cut {} connections at random",
-                w.rtt_ms, w.jitter_ms, w.reconnects_per_min, w.events_per_sec, w.proxy.random_drops
+                w.conditions.rtt_ms,
+                w.conditions.jitter_ms,
+                w.conditions.reconnects_per_min,
+                w.conditions.events_per_sec,
+                w.proxy.random_drops
             );
         }
         println!("artifacts:");
