@@ -405,6 +405,7 @@ pub async fn run(
                     bytes_per_sec: w.profile.bytes_per_sec,
                     outage_after_secs: None,
                     outage_secs: None,
+                    hub_beside_relay: false,
                 },
                 proxy: p.counters(),
             }),

@@ -82,7 +82,16 @@ impl Appliance {
             .await
             .map_err(err)?;
         let url = relay.url();
-        Self::start_on(url, Some(relay), dir, temp, hub_identity, hub_settings).await
+        Self::start_on(
+            url,
+            None,
+            Some(relay),
+            dir,
+            temp,
+            hub_identity,
+            hub_settings,
+        )
+        .await
     }
 
     /// Like [`start`](Self::start) in a temporary directory, but every role reaches the relay
@@ -106,6 +115,7 @@ impl Appliance {
         let url = RelayUrl::parse(&proxy.url()).map_err(err)?;
         let market = Self::start_on(
             url,
+            None,
             Some(relay),
             dir,
             Some(temp),
@@ -117,9 +127,11 @@ impl Appliance {
     }
 
     /// Starts a hub on the relay at `url` (`embedded` when this process serves it), storing
-    /// under `dir`.
+    /// under `dir`. The hub itself connects to `hub_url` when given: the same relay by another
+    /// path (a hub running beside the relay while its clients are far away).
     pub async fn on_relay(
         url: RelayUrl,
+        hub_url: Option<RelayUrl>,
         embedded: Option<EmbeddedRelay>,
         dir: &Path,
         hub_identity: Option<(Keys, bitcoin::secp256k1::SecretKey)>,
@@ -127,6 +139,7 @@ impl Appliance {
     ) -> Result<Self, ApplianceError> {
         Self::start_on(
             url,
+            hub_url,
             embedded,
             dir.to_path_buf(),
             None,
@@ -138,6 +151,7 @@ impl Appliance {
 
     async fn start_on(
         url: RelayUrl,
+        hub_url: Option<RelayUrl>,
         relay: Option<EmbeddedRelay>,
         dir: PathBuf,
         temp: Option<tempfile::TempDir>,
@@ -153,7 +167,7 @@ impl Appliance {
         std::fs::create_dir_all(dir.join("hub")).map_err(err)?;
         let ledger = Ledger::open(&dir.join("hub").join("ledger.db")).map_err(err)?;
         let service = Service::new(hub_keys.clone(), node_key, ledger, hub_settings);
-        let hub_client = connect(&hub_keys, &url).await?;
+        let hub_client = connect(&hub_keys, hub_url.as_ref().unwrap_or(&url)).await?;
         let hub = hub::start(service, Arc::new(hub_client))
             .await
             .map_err(err)?;

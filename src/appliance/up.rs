@@ -99,6 +99,7 @@ impl Up {
         let hub_identity = Some((identity.hub_keys(), *identity.node_key().secret()));
         let mut appliance = Appliance::on_relay(
             url.clone(),
+            None,
             embedded,
             home.root(),
             hub_identity,

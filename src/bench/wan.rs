@@ -57,6 +57,9 @@ pub struct WanOptions {
     /// A relay outage during the repo map: after how long, and for how long, the proxy's kill
     /// switch cuts every connection and turns new ones away.
     pub outage: Option<(Duration, Duration)>,
+    /// The hub reaches the relay straight, not through the proxy: a wallet service run with
+    /// the relay (Pylon's appliance, or an operator's own relay) while every node is far away.
+    pub hub_beside_relay: bool,
 }
 
 /// The network and relay limits the run used.
@@ -78,6 +81,8 @@ pub struct Conditions {
     pub outage_after_secs: Option<f64>,
     /// Seconds the outage lasted.
     pub outage_secs: Option<f64>,
+    /// The hub reached the relay straight (false: through the proxy, like every node).
+    pub hub_beside_relay: bool,
 }
 
 /// The sequential paid loop.
@@ -244,6 +249,7 @@ pub async fn run(options: WanOptions, progress: impl Fn(&str)) -> Result<WanBenc
             bytes_per_sec: options.bytes_per_sec,
             outage_after_secs: options.outage.map(|(after, _)| after.as_secs_f64()),
             outage_secs: options.outage.map(|(_, length)| length.as_secs_f64()),
+            hub_beside_relay: options.hub_beside_relay,
         },
         direct_round_trip_ms,
         wan,
@@ -285,8 +291,10 @@ async fn scenario(
         Some(p) => RelayUrl::parse(&p.url()).map_err(err)?,
         None => direct_url.clone(),
     };
+    let hub_url = options.hub_beside_relay.then(|| direct_url.clone());
     let mut market = Appliance::on_relay(
         url.clone(),
+        hub_url,
         Some(relay),
         dir.path(),
         Some((hub_keys, hub_node_key)),

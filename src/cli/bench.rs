@@ -73,6 +73,10 @@ pub(crate) struct WanArgs {
     /// When the outage begins, seconds into the repo map
     #[arg(long, default_value_t = 10)]
     outage_after_secs: u64,
+    /// Connect the hub straight to the relay (as when it runs with the relay, like `pylon up`)
+    /// while every node stays behind the proxy; by default the hub is far away too
+    #[arg(long)]
+    hub_beside_relay: bool,
     /// Print JSON
     #[arg(long)]
     json: bool,
@@ -244,6 +248,7 @@ pub(crate) async fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
                         std::time::Duration::from_secs(args.outage_secs),
                     )
                 }),
+                hub_beside_relay: args.hub_beside_relay,
             };
             let r = crate::bench::wan::run(options, |l| eprintln!("bench: {l}")).await?;
             if args.json {
@@ -543,6 +548,14 @@ fn print_wan(r: &crate::bench::wan::WanBench) {
     println!(
         "conditions: RTT {} ms ± {} ms, {} cuts/connection/min, relay {} events/s (burst {}) per connection",
         c.rtt_ms, c.jitter_ms, c.reconnects_per_min, c.events_per_sec, c.event_burst
+    );
+    println!(
+        "hub: {}",
+        if c.hub_beside_relay {
+            "beside the relay (straight, no proxy)"
+        } else {
+            "behind the proxy, like every node"
+        }
     );
     println!(
         "publish → OK: p50 {:.1} ms through the proxy, {:.1} ms straight to the relay",

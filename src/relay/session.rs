@@ -358,9 +358,12 @@ impl Session {
             match item {
                 Err(refused) => refused,
                 Ok(event) => {
-                    let id = event.id;
+                    let (id, kind, pubkey) = (event.id, event.kind.as_u16(), event.pubkey);
                     match engine.publish(event, authed).await {
-                        Ok(note) => vec![wire::ok(&id, true, &note)],
+                        Ok(note) => {
+                            tracing::trace!(peer = %self.peer.addr, kind, %pubkey, "event accepted");
+                            vec![wire::ok(&id, true, &note)]
+                        }
                         Err(r) => vec![wire::ok(&id, false, &r.to_string())],
                     }
                 }
@@ -387,6 +390,12 @@ impl Session {
         let refuse = |r: Refusal| Err(vec![wire::ok(&event.id, false, &r.to_string())]);
         // Cheapest checks first: a flood is refused before any signature is verified.
         if !self.engine.policy().is_exempt(&event.pubkey) && !self.bucket.take(Instant::now()) {
+            tracing::debug!(
+                peer = %self.peer.addr,
+                kind = event.kind.as_u16(),
+                pubkey = %event.pubkey,
+                "event refused: rate limit"
+            );
             return refuse(Refusal::new(
                 Prefix::RateLimited,
                 format!(

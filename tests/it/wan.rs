@@ -311,3 +311,51 @@ fn bench_wan_prints_its_figures_as_json() {
     );
     assert!(stderr(&out).contains("bench:"), "progress on stderr");
 }
+
+/// `bench wan --hub-beside-relay`: the hub reaches the relay straight while its clients come
+/// through the proxy, and it still serves them. The proxy sees the wallet's connection, never
+/// the hub's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hub_beside_the_relay_serves_clients_behind_the_proxy() {
+    use pylon::appliance::{open_hub_settings, Appliance};
+    use pylon::protocol::nip47::MakeInvoiceParams;
+    use pylon::wallet::Wallet;
+
+    let (relay, dir) = start("").await;
+    let direct = relay.url();
+    let proxy = WanProxy::start(relay.local_addr(), delay(10))
+        .await
+        .expect("proxy");
+    let far = RelayUrl::parse(&proxy.url()).expect("url");
+    let market = Appliance::on_relay(
+        far,
+        Some(direct),
+        Some(relay),
+        dir.path(),
+        None,
+        open_hub_settings(),
+    )
+    .await
+    .expect("appliance");
+    assert_eq!(
+        proxy.counters().accepted,
+        0,
+        "the hub connected through the proxy"
+    );
+    let wallet = market.wallet(&Keys::generate()).await.expect("wallet");
+    let invoice = wallet
+        .make_invoice(MakeInvoiceParams {
+            amount: 21_000,
+            description: Some("beside".into()),
+            description_hash: None,
+            expiry: None,
+        })
+        .await
+        .expect("the hub answers a wallet behind the proxy");
+    assert!(invoice.invoice.is_some_and(|b| b.starts_with("lnbcrt")));
+    assert_eq!(
+        proxy.counters().accepted,
+        1,
+        "only the wallet came through the proxy"
+    );
+}
