@@ -79,6 +79,11 @@ pub struct SoakBench {
     pub rss_anon_slope_kib_per_1000_jobs: Option<f64>,
     /// The same as bytes per job.
     pub rss_anon_bytes_per_job: Option<f64>,
+    /// RssAnon's slope over the second half of the samples only. Bounded caches fill first
+    /// (each relay client's seen-id memory, 35,000 ids; the hub's answers, ≤ 20,000 for ≤ 120 s;
+    /// a node's handled-request memory, 100,000 ids), so a long run shows this falling toward
+    /// zero where a leak would keep it level.
+    pub rss_anon_slope_second_half_kib_per_1000_jobs: Option<f64>,
     /// Least-squares slope of open fds over the samples after the first, per 1,000 jobs.
     pub fd_slope_per_1000_jobs: Option<f64>,
     /// Fds open at the last sample minus at the first (warm-up) sample.
@@ -213,6 +218,8 @@ pub async fn run(options: SoakOptions, progress: impl Fn(&str)) -> Result<SoakBe
     let after_warmup = samples.get(1..).unwrap_or(&[]);
     let rss_slope = slope_per_1000(after_warmup, |s| s.rss_kib as f64);
     let anon_slope = slope_per_1000(after_warmup, |s| s.rss_anon_kib as f64);
+    let second_half = &samples[samples.len() / 2..];
+    let anon_tail_slope = slope_per_1000(second_half, |s| s.rss_anon_kib as f64);
     let fd_slope = slope_per_1000(after_warmup, |s| s.fds as f64);
     let fd_growth = match (samples.first(), samples.last()) {
         (Some(a), Some(b)) => b.fds as i64 - a.fds as i64,
@@ -227,6 +234,7 @@ pub async fn run(options: SoakOptions, progress: impl Fn(&str)) -> Result<SoakBe
         rss_bytes_per_job: rss_slope.map(|kib| round3(kib * 1024.0 / 1000.0)),
         rss_anon_slope_kib_per_1000_jobs: anon_slope.map(round3),
         rss_anon_bytes_per_job: anon_slope.map(|kib| round3(kib * 1024.0 / 1000.0)),
+        rss_anon_slope_second_half_kib_per_1000_jobs: anon_tail_slope.map(round3),
         fd_slope_per_1000_jobs: fd_slope.map(round3),
         fd_growth_after_warmup: fd_growth,
         rss_goal_met: rss_slope.map(|kib| kib < 1024.0),

@@ -621,10 +621,11 @@ fn print_soak(r: &crate::bench::soak::SoakBench) {
         );
     }
     println!(
-        "RSS slope after warm-up: {} KiB per 1,000 jobs ({} bytes/job; anon {} KiB per 1,000); fds: {} per 1,000 jobs, {:+} overall",
+        "RSS slope after warm-up: {} KiB per 1,000 jobs ({} bytes/job; anon {} KiB per 1,000, {} over the second half); fds: {} per 1,000 jobs, {:+} overall",
         opt(r.rss_slope_kib_per_1000_jobs),
         opt(r.rss_bytes_per_job),
         opt(r.rss_anon_slope_kib_per_1000_jobs),
+        opt(r.rss_anon_slope_second_half_kib_per_1000_jobs),
         opt(r.fd_slope_per_1000_jobs),
         r.fd_growth_after_warmup
     );

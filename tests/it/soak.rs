@@ -57,6 +57,7 @@ fn bench_soak_samples_memory_and_fds_and_pays_every_job() {
         "rss_slope_kib_per_1000_jobs",
         "rss_bytes_per_job",
         "rss_anon_slope_kib_per_1000_jobs",
+        "rss_anon_slope_second_half_kib_per_1000_jobs",
         "fd_slope_per_1000_jobs",
     ] {
         assert!(r[field].as_f64().is_some(), "{field}: {r}");
