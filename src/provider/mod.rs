@@ -252,9 +252,9 @@ impl Shared {
         }
     }
 
-    /// Publishes a heartbeat. The first one waits for the relay's `OK`, so a node is
-    /// discoverable as online once `start` returns; later ones are fire-and-forget.
-    async fn heartbeat(&self, confirm: bool) {
+    /// Publishes a heartbeat and waits for the relay's `OK` (so a node is discoverable as
+    /// online once `start` returns, and a beat lost to a cut is sent again).
+    async fn heartbeat(&self) {
         let now = Timestamp::now().as_secs();
         let last = self.last_beat.fetch_max(now, Ordering::SeqCst);
         let at = if last >= now {
@@ -270,12 +270,7 @@ impl Shared {
             Timestamp::from(at),
         ) {
             Ok(ev) => {
-                let sent = if confirm {
-                    self.relay.publish(&ev).await
-                } else {
-                    self.relay.publish_nowait(&ev).await
-                };
-                if let Err(e) = sent {
+                if let Err(e) = self.relay.publish(&ev).await {
                     tracing::warn!("heartbeat not published: {e}");
                 }
             }
@@ -357,7 +352,7 @@ impl Node {
             .relay
             .subscribe(Filter::new().kinds(kinds).since(Timestamp::now()))
             .await?;
-        shared.heartbeat(true).await;
+        shared.heartbeat().await;
 
         let (stop, stopped) = watch::channel(false);
         let mut tasks = vec![
@@ -445,10 +440,7 @@ impl Node {
     pub async fn stop(self) {
         let s = self.shared.clone();
         s.draining.store(true, Ordering::SeqCst);
-        if tokio::time::timeout(FAREWELL, s.heartbeat(true))
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(FAREWELL, s.heartbeat()).await.is_err() {
             tracing::warn!("farewell heartbeat unconfirmed after {FAREWELL:?}; is the relay up?");
         }
         let deadline = Instant::now() + s.options.drain_timeout;
@@ -523,7 +515,18 @@ async fn heartbeats(s: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
     loop {
         tokio::select! {
             _ = stopped.changed() => break,
-            _ = tick.tick() => s.heartbeat(false).await,
+            _ = tick.tick() => {}
+        }
+        // Confirmed, not fire-and-forget: a beat sent into a connection that is being cut is
+        // lost without a word, and two lost in a row (a reconnect takes seconds on a far relay)
+        // showed a live node offline. The publish waits out the reconnect and sends it again;
+        // one still unconfirmed at the next tick gives way to a fresh one.
+        let beat = tokio::time::timeout(s.options.heartbeat_interval, s.heartbeat());
+        tokio::select! {
+            _ = stopped.changed() => break,
+            sent = beat => if sent.is_err() {
+                tracing::debug!("heartbeat unconfirmed within one interval; the next one replaces it");
+            },
         }
     }
 }

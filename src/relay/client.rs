@@ -142,16 +142,19 @@ impl Buffers {
     }
 }
 
+/// The first pause before reconnecting a dropped relay. nostr-sdk waits 10 s (± 3 s jitter),
+/// and a role hears nothing meanwhile: wallet answers are ephemeral and lost for good, and
+/// through a link cut once a minute (`bench wan`, `demo --wan`) that put payments in doubt
+/// and showed live nodes offline. The pause still grows with failed attempts (nostr-sdk's
+/// adaptive interval, at most 60 s), so a relay that is gone is not hammered.
+const RECONNECT_AFTER: Duration = Duration::from_secs(1);
+
 async fn add_relay(client: &Client, url: &RelayUrl, buffers: Buffers) -> Result<(), ClientError> {
-    match buffers.relay {
-        None => {
-            client.add_relay(url).await?;
-        }
-        Some(n) => {
-            let options = RelayOptions::new().notification_channel_size(n.max(16));
-            client.pool().add_relay(url, options).await?;
-        }
+    let mut options = RelayOptions::new().retry_interval(RECONNECT_AFTER);
+    if let Some(n) = buffers.relay {
+        options = options.notification_channel_size(n.max(16));
     }
+    client.pool().add_relay(url, options).await?;
     Ok(())
 }
 
