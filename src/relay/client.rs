@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nostr_sdk::prelude::Events;
-use nostr_sdk::prelude::ReqExitPolicy;
+use nostr_sdk::prelude::{MemoryDatabase, MemoryDatabaseOptions, ReqExitPolicy};
 use nostr_sdk::{
     Client, ClientMessage, ClientOptions, Event, EventId, Filter, Keys, RelayOptions,
     RelayPoolNotification, RelayPoolOptions, RelayUrl, SubscribeOptions, SubscriptionId,
@@ -149,6 +149,21 @@ impl Buffers {
 /// adaptive interval, at most 60 s), so a relay that is gone is not hammered.
 const RECONNECT_AFTER: Duration = Duration::from_secs(1);
 
+/// Event ids a client remembers as already seen. nostr-sdk keeps 35,000 per client (with the
+/// patched pool's verification cache, about 10 MiB once full): a node that runs for hours
+/// grew by megabytes per thousand jobs (`bench soak`) while filling them. The tracker only
+/// keeps a second copy of an event from making a second notification; Pylon's roles handle
+/// each request, answer and receipt once by their own ids, so a few thousand is plenty.
+const SEEN_IDS: usize = 4_096;
+
+/// nostr-sdk's in-memory "database": ids only, no events, [`SEEN_IDS`] at most.
+fn seen_tracker() -> MemoryDatabase {
+    MemoryDatabase::with_opts(MemoryDatabaseOptions {
+        events: false,
+        max_events: Some(SEEN_IDS),
+    })
+}
+
 async fn add_relay(client: &Client, url: &RelayUrl, buffers: Buffers) -> Result<(), ClientError> {
     let mut options = RelayOptions::new().retry_interval(RECONNECT_AFTER);
     if let Some(n) = buffers.relay {
@@ -264,6 +279,7 @@ impl MarketClient {
     ) -> Result<Self, ClientError> {
         let client = Client::builder()
             .signer(keys)
+            .database(seen_tracker())
             .websocket_transport(NoDelayTransport)
             .opts(
                 ClientOptions::new()

@@ -269,6 +269,10 @@ fn bench_wan_prints_its_figures_as_json() {
         .unwrap_or_else(|e| panic!("JSON on stdout ({e}): {text}\nstderr: {}", stderr(&out)));
     assert_eq!(r["conditions"]["rtt_ms"], 20.0, "{r}");
     assert_eq!(r["conditions"]["events_per_sec"], 20, "{r}");
+    assert_eq!(
+        r["conditions"]["hub_beside_relay"], true,
+        "by default the hub is where `pylon up` runs it: {r}"
+    );
     // Baselines are real measurements, never 0.
     assert!(r["direct_round_trip_ms"]["p50"].as_f64().expect("direct") > 0.0);
     let wan = &r["wan"];
@@ -312,7 +316,7 @@ fn bench_wan_prints_its_figures_as_json() {
     assert!(stderr(&out).contains("bench:"), "progress on stderr");
 }
 
-/// `bench wan --hub-beside-relay`: the hub reaches the relay straight while its clients come
+/// `bench wan` (without `--hub-far`): the hub reaches the relay straight while its clients come
 /// through the proxy, and it still serves them. The proxy sees the wallet's connection, never
 /// the hub's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
