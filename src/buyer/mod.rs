@@ -296,12 +296,12 @@ impl Buyer {
             .request_json(&job_id.to_hex(), Role::Buyer)?
             .ok_or_else(|| BuyerError::Other(format!("no job {job_id} from this buyer")))?;
         let event = Event::from_json(&json).map_err(|e| BuyerError::Other(e.to_string()))?;
-        let request = JobRequest::from_event(&event, None)?;
+        let request = JobRequest::from_event(&event, Some(&self.keys))?;
         self.pay(&request, provider, amount, max_msats).await
     }
 
     fn record(&self, event: &Event) -> Result<(), BuyerError> {
-        let request = JobRequest::from_event(event, None)?;
+        let request = JobRequest::from_event(event, Some(&self.keys))?;
         let rec = JobRecord {
             job_id: event.id.to_hex(),
             kind: request.kind,
@@ -344,7 +344,7 @@ impl Buyer {
         options: WaitOptions,
         landed: bool,
     ) -> Result<Outcome, BuyerError> {
-        let request = JobRequest::from_event(request_event, None)?;
+        let request = JobRequest::from_event(request_event, Some(&self.keys))?;
         let id = request.id;
         let deadline = tokio::time::Instant::now() + options.timeout;
         let mut out = Outcome {
@@ -514,6 +514,18 @@ impl Buyer {
                 if let Err(e) = verify::result(&request, &event, &parsed) {
                     tracing::warn!(job = %id, "ignoring result {}: {e}", event.id);
                     errors.push((FailureCode::InvalidResult, e.to_string()));
+                    // The one provider asked answered with something that is not a result of
+                    // this kind: that is its answer, and it is not paid. (A forgery or another
+                    // key's answer is only ignored: anyone can publish one.)
+                    if matches!(e, verify::Rejected::Content { .. })
+                        && !request.providers.is_empty()
+                    {
+                        return Ok(self.failed(
+                            out,
+                            FailureCode::InvalidResult,
+                            format!("the provider's result was refused: {e}"),
+                        ));
+                    }
                     continue;
                 }
                 // A result whose invoice cannot be paid (over the bid, wrong job, another
@@ -608,13 +620,14 @@ impl Buyer {
                 }
                 result = Some(parsed);
                 if out.payment.is_none() {
-                    if !options.auto_pay {
-                        return Ok(out);
-                    }
-                    // Free results (no amount) are done.
+                    // A result that asks for nothing is done, paying or not: there is no
+                    // invoice to settle and no receipt to wait for.
                     if result.as_ref().is_some_and(|r| r.amount.is_none()) {
                         out.status = JobState::Done;
                         self.update(&id, &[Set::State(JobState::Done)]);
+                        return Ok(out);
+                    }
+                    if !options.auto_pay {
                         return Ok(out);
                     }
                 } else {
@@ -928,7 +941,7 @@ impl Buyer {
         }
         let request_event =
             Event::from_json(&request_json).map_err(|e| BuyerError::Other(e.to_string()))?;
-        let request = JobRequest::from_event(&request_event, None)?;
+        let request = JobRequest::from_event(&request_event, Some(&self.keys))?;
         let results = self
             .relay
             .fetch(

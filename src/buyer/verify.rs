@@ -1,9 +1,12 @@
 //! What a buyer checks before trusting a result or paying its invoice.
 
+use bitcoin::hashes::{sha256, Hash as _};
 use nostr_sdk::{Event, PublicKey};
 
 use crate::bolt11::{self, Decoded};
-use crate::protocol::nip90::{Amount, JobRequest, JobResult};
+use crate::protocol::code_analysis::Analysis;
+use crate::protocol::kinds;
+use crate::protocol::nip90::{Amount, InputType, JobRequest, JobResult};
 use crate::protocol::payment_link;
 use crate::protocol::receipt::Receipt;
 
@@ -33,6 +36,15 @@ pub enum Rejected {
     /// The receipt does not prove the payment.
     #[error("receipt refused: {0}")]
     Receipt(String),
+    /// A genuine answer to this job, but not a result of its kind (an echo, another schema,
+    /// another file's analysis): never paid, never `done`.
+    #[error("not a valid {kind} result: {why}")]
+    Content {
+        /// The request kind.
+        kind: u16,
+        /// What is wrong with it.
+        why: String,
+    },
 }
 
 /// Checks a result event against the request it claims to answer.
@@ -52,7 +64,53 @@ pub fn result(request: &JobRequest, event: &Event, parsed: &JobResult) -> Result
     if !request.providers.is_empty() && !request.providers.contains(&parsed.provider) {
         return Err(Rejected::WrongProvider);
     }
-    Ok(())
+    content(request, parsed).map_err(|why| Rejected::Content {
+        kind: request.kind,
+        why,
+    })
+}
+
+/// Checks a result's content against its kind's schema: a code analysis (6960) is Pylon's JSON
+/// schema with the sha256 (and path) of the text the buyer sent; a text generation (6050) is
+/// non-empty text. Other kinds are not Pylon's to judge.
+fn content(request: &JobRequest, parsed: &JobResult) -> Result<(), String> {
+    if parsed.kind != request.kind + 1000 {
+        return Err(format!(
+            "kind {} does not answer a kind {} request",
+            parsed.kind, request.kind
+        ));
+    }
+    match request.kind {
+        kinds::CODE_ANALYSIS => {
+            let analysis = Analysis::from_json(&parsed.content)?;
+            // The provider analyses the first input; a URL it fetches itself, and only it
+            // knows the bytes it read and the name it gave them.
+            if let Some(input) = request
+                .inputs
+                .first()
+                .filter(|i| matches!(i.input_type, InputType::Text | InputType::Prompt))
+            {
+                let digest = sha256::Hash::hash(input.data.as_bytes()).to_string();
+                if analysis.sha256 != digest {
+                    return Err(format!(
+                        "it analyses other content (sha256 {}, sent {digest})",
+                        analysis.sha256
+                    ));
+                }
+                // (A fetched file is named by its URL, not by the `path` param.)
+                if let Some(path) = request.param("path") {
+                    if analysis.path != path {
+                        return Err(format!("it names path `{}`, sent `{path}`", analysis.path));
+                    }
+                }
+            }
+            Ok(())
+        }
+        kinds::TEXT_GENERATION if parsed.content.trim().is_empty() => {
+            Err("the generated text is empty".into())
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Checks the invoice of `provider`'s result (or payment-required feedback) before paying it: a
@@ -116,4 +174,104 @@ pub fn receipt(
     parsed
         .verify()
         .map_err(|e| Rejected::Receipt(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use nostr_sdk::{Event, Keys};
+
+    use super::*;
+    use crate::protocol::nip90::{JobInput, NewJob};
+
+    const SOURCE: &str = "pub fn answer() -> u32 {\n    42\n}\n";
+
+    fn request(kind: u16, inputs: Vec<JobInput>, provider: &Keys) -> (Event, JobRequest) {
+        let buyer = Keys::generate();
+        let ev = NewJob {
+            kind,
+            inputs,
+            params: vec![("path".into(), "src/lib.rs".into())],
+            providers: vec![provider.public_key()],
+            ..Default::default()
+        }
+        .to_event(&buyer)
+        .expect("request");
+        let parsed = JobRequest::from_event(&ev, None).expect("parse");
+        (ev, parsed)
+    }
+
+    fn answer(provider: &Keys, req: &(Event, JobRequest), content: &str) -> Result<(), Rejected> {
+        let ev = JobResult::to_event(provider, &req.0, &req.1, content, None).expect("result");
+        let parsed = JobResult::from_event(&ev, None).expect("parse");
+        result(&req.1, &ev, &parsed)
+    }
+
+    fn analysis_json(path: &str, source: &str) -> String {
+        serde_json::to_string(&crate::executors::code::analyze(path, source)).expect("json")
+    }
+
+    #[test]
+    fn a_code_analysis_must_be_the_schema_for_the_file_sent() {
+        let provider = Keys::generate();
+        let req = request(
+            kinds::CODE_ANALYSIS,
+            vec![JobInput::text(SOURCE)],
+            &provider,
+        );
+        assert_eq!(
+            answer(&provider, &req, &analysis_json("src/lib.rs", SOURCE)),
+            Ok(())
+        );
+        for (content, expect) in [
+            (format!("ECHO: {SOURCE}"), "not a code analysis"),
+            (
+                analysis_json("src/lib.rs", "fn other() {}"),
+                "other content",
+            ),
+            (analysis_json("src/main.rs", SOURCE), "names path"),
+            (
+                analysis_json("src/lib.rs", SOURCE).replace("pylon/code-analysis@1", "x@9"),
+                "unknown schema",
+            ),
+        ] {
+            match answer(&provider, &req, &content) {
+                Err(e @ Rejected::Content { .. }) => {
+                    assert!(e.to_string().contains(expect), "{e} for {content}")
+                }
+                other => panic!("{content}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_url_input_is_checked_for_schema_but_not_hash() {
+        let provider = Keys::generate();
+        let req = request(
+            kinds::CODE_ANALYSIS,
+            vec![JobInput::url("https://example.com/lib.rs")],
+            &provider,
+        );
+        assert_eq!(
+            answer(&provider, &req, &analysis_json("src/lib.rs", SOURCE)),
+            Ok(())
+        );
+        assert!(answer(&provider, &req, "ECHO").is_err());
+    }
+
+    #[test]
+    fn generated_text_must_not_be_empty_and_other_kinds_are_not_judged() {
+        let provider = Keys::generate();
+        let req = request(
+            kinds::TEXT_GENERATION,
+            vec![JobInput::text("hi")],
+            &provider,
+        );
+        assert_eq!(answer(&provider, &req, "Hello there."), Ok(()));
+        assert!(matches!(
+            answer(&provider, &req, "  \n"),
+            Err(Rejected::Content { .. })
+        ));
+        let req = request(5001, vec![JobInput::text("hi")], &provider);
+        assert_eq!(answer(&provider, &req, ""), Ok(()));
+    }
 }

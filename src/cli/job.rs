@@ -33,7 +33,8 @@ pub(crate) enum JobCommand {
     /// List jobs from the local store, newest first
     List(ListArgs),
     /// Rebuild a job's history from relay events alone and verify every link, including a
-    /// trusted hub's attestation that the payment settled
+    /// trusted hub's attestation that the payment settled. Exits 0 for a verified paid chain or
+    /// a free job (a checked result that asked for no payment), 1 otherwise
     Trace(TraceArgs),
 }
 
@@ -429,7 +430,7 @@ async fn trace(ctx: &Context, args: TraceArgs) -> anyhow::Result<ExitCode> {
     } else {
         print_trace(&t);
     }
-    Ok(if t.verified {
+    Ok(if t.verified || t.free {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
@@ -458,6 +459,11 @@ pub(crate) fn print_trace(t: &provenance::Trace) {
             t.amount_msat.unwrap_or(0),
             t.payment_hash.as_deref().unwrap_or(""),
             t.hub.as_deref().unwrap_or("")
+        );
+    } else if t.free {
+        println!(
+            "verified: free (no payment asked): the result of provider {} answers the request; there is no payment to prove",
+            t.provider.as_deref().unwrap_or("")
         );
     } else {
         println!("NOT VERIFIED: {}", t.reason.as_deref().unwrap_or("unknown"));

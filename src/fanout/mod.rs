@@ -27,6 +27,7 @@ use self::walk::{Skipped, SourceFile};
 use crate::bench::Latency;
 use crate::buyer::{Buyer, BuyerError, Payment, WaitOptions};
 use crate::protocol::code_analysis::Analysis;
+use crate::protocol::failure::FailureCode;
 use crate::protocol::kinds;
 use crate::protocol::nip90::{JobInput, NewJob};
 use crate::protocol::receipt::Receipt;
@@ -439,7 +440,14 @@ fn check(
     result: AttemptResult,
 ) -> Result<(Analysis, EventId, crate::protocol::nip90::Amount), (Ended, String)> {
     let outcome = result.map_err(|e| (Ended::Failure, e))?;
-    if outcome.status != JobState::Result {
+    // The buyer refused the provider's answer as no result of its kind (checked before any
+    // payment, see `buyer::verify`): the provider lied, not failed.
+    if outcome.failure == Some(FailureCode::InvalidResult) {
+        let why = outcome.message.clone().unwrap_or_default();
+        return Err((Ended::Cheated, format!("invalid result: {why}")));
+    }
+    // (`Done` without payment: a result that asked for none, refused below.)
+    if !matches!(outcome.status, JobState::Result | JobState::Done) {
         let why = match (&outcome.failure, &outcome.message) {
             (Some(code), Some(m)) => format!("{code}: {m}"),
             (Some(code), None) => code.to_string(),

@@ -50,6 +50,10 @@ pub struct Trace {
     pub job_id: String,
     /// True when request, result, receipt and a trusted hub's attestation form a paid chain.
     pub verified: bool,
+    /// True when no chain is paid because none had to be: a result that checks out asked for
+    /// no payment (a free job) and no receipt names the job. `verified` stays false: there is
+    /// no payment to prove, only an answer.
+    pub free: bool,
     /// Why not, when not.
     pub reason: Option<String>,
     /// Request kind.
@@ -114,6 +118,7 @@ pub fn verify(
     let mut t = Trace {
         job_id: job_id.to_hex(),
         verified: false,
+        free: false,
         reason: None,
         kind: None,
         buyer: None,
@@ -320,6 +325,16 @@ pub fn verify(
         .iter()
         .filter_map(|e| serde_json::from_str(&e.as_json()).ok())
         .collect();
+    if !t.verified && receipts.is_empty() {
+        let free = results
+            .iter()
+            .find(|(ev, r)| r.amount.is_none() && check_result(&request, ev, r, &claimers).is_ok());
+        if let Some((_, r)) = free {
+            t.free = true;
+            t.provider = Some(r.provider.to_hex());
+            return t;
+        }
+    }
     if !t.verified {
         t.reason = Some(problem);
     }

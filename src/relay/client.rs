@@ -149,12 +149,13 @@ impl Buffers {
 /// adaptive interval, at most 60 s), so a relay that is gone is not hammered.
 const RECONNECT_AFTER: Duration = Duration::from_secs(1);
 
-/// Event ids a client remembers as already seen. nostr-sdk keeps 35,000 per client (with the
-/// patched pool's verification cache, about 10 MiB once full): a node that runs for hours
-/// grew by megabytes per thousand jobs (`bench soak`) while filling them. The tracker only
-/// keeps a second copy of an event from making a second notification; Pylon's roles handle
-/// each request, answer and receipt once by their own ids, so a few thousand is plenty.
-const SEEN_IDS: usize = 4_096;
+/// Event ids a client remembers as already seen. nostr-sdk keeps 35,000 per client (~3 MiB
+/// once full, beside the patched pool's verification cache). The tracker also spares channel
+/// room: an event fetched again that it remembers takes one message on the relay channel instead
+/// of two, so it must cover what look-ups fetch again — a provider's 45 s look-back at a few
+/// hundred events/s (a smaller one made look-ups after a 6,000-event flood lag for good,
+/// `tests/it/lagging_client.rs`). 16,384: ~1.5 MiB per client.
+const SEEN_IDS: usize = 16_384;
 
 /// nostr-sdk's in-memory "database": ids only, no events, [`SEEN_IDS`] at most.
 fn seen_tracker() -> MemoryDatabase {

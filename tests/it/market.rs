@@ -387,6 +387,103 @@ async fn a_request_seen_on_two_relays_runs_once() {
     drop(node);
 }
 
+/// The code-analysis request `buyer` published (not one of `seen`), as the relay stores it.
+async fn published_request(
+    c: &MarketClient,
+    buyer: PublicKey,
+    seen: &[nostr_sdk::EventId],
+) -> nostr_sdk::Event {
+    for _ in 0..100 {
+        let found = c
+            .fetch(
+                nostr_sdk::Filter::new()
+                    .kind(Kind::from(5960))
+                    .author(buyer),
+                Duration::from_secs(1),
+            )
+            .await
+            .expect("fetch");
+        if let Some(ev) = found.into_iter().find(|e| !seen.contains(&e.id)) {
+            return ev;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the buyer published no request");
+}
+
+/// A provider that answers without asking for payment (a foreign DVM's free job): the buyer
+/// calls the job `done` without paying, and the trace, from the relay alone, says `free` (exit
+/// 0 from `job trace`) while `verified` stays false: there is no payment to prove. An answer
+/// that is not a code analysis (an echo) from the one provider asked is `invalid-result`.
+#[tokio::test]
+async fn a_free_result_is_done_and_traces_as_free_and_an_echo_is_refused() {
+    let m = Market::start().await;
+    let (b, _dir) = buyer(&m, 100).await;
+    let b = Arc::new(b);
+    let provider = Keys::generate();
+    let c = MarketClient::connect(
+        provider.clone(),
+        &[m.relay.url()],
+        Duration::from_secs(5),
+        Reachability::OneShot,
+    )
+    .await
+    .expect("connect");
+    let source = "fn free() {}\n";
+    let free_job = NewJob {
+        bid_msats: None,
+        ..code_job("free.rs", source.into(), provider.public_key(), 0)
+    };
+    let follower = {
+        let (b, job) = (b.clone(), free_job.clone());
+        tokio::spawn(async move { b.run(&job, wait(true, Some(5_000))).await })
+    };
+    let request = published_request(&c, b.public_key(), &[]).await;
+    let parsed = JobRequest::from_event(&request, None).expect("parse");
+    let analysis =
+        serde_json::to_string(&pylon::executors::code::analyze("free.rs", source)).expect("json");
+    let result = JobResult::to_event(&provider, &request, &parsed, &analysis, None).expect("event");
+    c.publish(&result).await.expect("publish");
+    let o = follower.await.expect("task").expect("run");
+    assert_eq!(o.status, JobState::Done, "{o:?}");
+    assert!(o.payment.is_none(), "nothing paid: {o:?}");
+    assert_eq!(b.balance_msat().await.expect("balance"), 100_000);
+    let t = pylon::provenance::trace(
+        &c,
+        request.id,
+        Duration::from_secs(5),
+        &pylon::provenance::TrustedHubs::default(),
+    )
+    .await
+    .expect("trace");
+    assert!(t.free && !t.verified, "{t:?}");
+    assert_eq!(t.provider, Some(provider.public_key().to_hex()));
+    assert!(t.reason.is_none(), "{t:?}");
+
+    // The same provider answers a second job with an echo of the input.
+    let echo_job = NewJob {
+        bid_msats: None,
+        ..code_job("echo.rs", "fn echo() {}\n".into(), provider.public_key(), 0)
+    };
+    let follower = {
+        let (b, job) = (b.clone(), echo_job.clone());
+        tokio::spawn(async move { b.run(&job, wait(true, Some(5_000))).await })
+    };
+    let request2 = published_request(&c, b.public_key(), &[request.id]).await;
+    let parsed2 = JobRequest::from_event(&request2, None).expect("parse");
+    let echo = JobResult::to_event(&provider, &request2, &parsed2, "ECHO: fn echo() {}", None)
+        .expect("event");
+    c.publish(&echo).await.expect("publish");
+    let o = follower.await.expect("task").expect("run");
+    assert_eq!(o.status, JobState::Failed, "{o:?}");
+    assert_eq!(o.failure, Some(FailureCode::InvalidResult), "{o:?}");
+    assert!(
+        o.result.is_none(),
+        "an echo is not kept as the result: {o:?}"
+    );
+    c.shutdown().await;
+}
+
 #[tokio::test]
 async fn forged_results_are_rejected() {
     let m = Market::start().await;
@@ -408,24 +505,7 @@ async fn forged_results_are_rejected() {
     )
     .await
     .expect("connect");
-    let mut request = None;
-    for _ in 0..100 {
-        let found = c
-            .fetch(
-                nostr_sdk::Filter::new()
-                    .kind(Kind::from(5960))
-                    .author(b.public_key()),
-                Duration::from_secs(1),
-            )
-            .await
-            .expect("fetch");
-        if let Some(ev) = found.into_iter().next() {
-            request = Some(ev);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let request = request.expect("the buyer published its request");
+    let request = published_request(&c, b.public_key(), &[]).await;
     let parsed = JobRequest::from_event(&request, None).expect("parse");
     // 1. A result from someone the job was not sent to.
     let foreign =
@@ -445,11 +525,13 @@ async fn forged_results_are_rejected() {
         .expect("sign");
     c.publish(&mismatched).await.expect("publish");
     // 3. The genuine result.
-    let genuine = JobResult::to_event(&provider, &request, &parsed, "{\"genuine\":true}", None)
-        .expect("event");
+    let analysis = serde_json::to_string(&pylon::executors::code::analyze("f.rs", "fn f() {}\n"))
+        .expect("json");
+    let genuine =
+        JobResult::to_event(&provider, &request, &parsed, &analysis, None).expect("event");
     c.publish(&genuine).await.expect("publish");
     let o = follower.await.expect("task").expect("run");
-    assert_eq!(o.result.as_deref(), Some("{\"genuine\":true}"), "{o:?}");
+    assert_eq!(o.result.as_deref(), Some(analysis.as_str()), "{o:?}");
     assert_eq!(o.result_id, Some(genuine.id.to_hex()));
 
     // A bad signature never passes verification (relays would refuse it too).
@@ -580,6 +662,112 @@ fn cli_buyer_flow_and_trace_from_a_fresh_home() {
     assert!(!out.status.success(), "no node: a failing health check");
     let st: Value = serde_json::from_str(&stdout(&out)).expect("json");
     assert_eq!(st["running"], false);
+    drop(m);
+}
+
+/// `job submit --encrypt`: the input goes to the provider under NIP-44 (no `i` or `param` tag in
+/// the clear), the provider's result comes back encrypted to the buyer, and the buyer reads,
+/// checks and pays it like any other. Anyone else on the relay sees neither input nor output.
+#[test]
+fn cli_encrypted_job_is_served_paid_and_unreadable_on_the_relay() {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let m = rt.block_on(Market::start());
+    let root = tempfile::tempdir().expect("tempdir");
+    let url = m.relay.url().to_string();
+    let provider_home = Home::new(root.path().join("provider"));
+    let node = start_node_process(&provider_home.path, &[&url], &[]);
+    let provider = provider_key(&node);
+    let buyer = Home::new(root.path().join("buyer"));
+    let run = |args: &[&str]| {
+        pylon(&buyer.path)
+            .args(["--relay", &url])
+            .args(args)
+            .env("PYLON_PASSPHRASE", PASS)
+            .output()
+            .expect("spawn")
+    };
+    let out = run(&["wallet", "faucet", "100"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let file = concat!(env!("CARGO_MANIFEST_DIR"), "/src/home.rs");
+    let out = run(&[
+        "job",
+        "submit",
+        "code-analysis",
+        "--input",
+        file,
+        "--bid",
+        "5",
+        "--provider",
+        &provider.to_hex(),
+        "--encrypt",
+        "--wait",
+        "--auto-pay",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let o: Value = serde_json::from_str(&stdout(&out)).expect("json");
+    assert_eq!(o["status"], "done", "{o}");
+    assert_eq!(o["result"]["language"], "rust", "{o}");
+    assert!(o["payment"]["preimage"].is_string(), "{o}");
+    let job_id = nostr_sdk::EventId::from_hex(o["job_id"].as_str().expect("id")).expect("hex");
+
+    // What a third party on the relay sees.
+    let (request, result) = rt.block_on(async {
+        let c = MarketClient::connect(
+            Keys::generate(),
+            &[m.relay.url()],
+            Duration::from_secs(5),
+            Reachability::OneShot,
+        )
+        .await
+        .expect("connect");
+        let request = c
+            .fetch(nostr_sdk::Filter::new().id(job_id), Duration::from_secs(3))
+            .await
+            .expect("fetch")
+            .into_iter()
+            .next()
+            .expect("the request is on the relay");
+        let result = c
+            .fetch(
+                nostr_sdk::Filter::new()
+                    .kind(Kind::from(6960))
+                    .event(job_id),
+                Duration::from_secs(3),
+            )
+            .await
+            .expect("fetch")
+            .into_iter()
+            .next()
+            .expect("the result is on the relay");
+        (request, result)
+    });
+    let source = std::fs::read_to_string(file).expect("read");
+    let secret_line = "PYLON_HOME";
+    assert!(source.contains(secret_line));
+    for ev in [&request, &result] {
+        let json = ev.as_json();
+        assert!(
+            !json.contains(secret_line),
+            "plaintext on the relay: {json}"
+        );
+        assert!(
+            ev.tags.iter().any(|t| t.kind().to_string() == "encrypted"),
+            "{json}"
+        );
+    }
+    assert!(
+        !request
+            .tags
+            .iter()
+            .any(|t| ["i", "param"].contains(&t.kind().to_string().as_str())),
+        "inputs and params travel encrypted"
+    );
+    assert!(
+        JobRequest::from_event(&request, Some(&Keys::generate())).is_err(),
+        "a stranger cannot read the request"
+    );
+    drop(node);
     drop(m);
 }
 

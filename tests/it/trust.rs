@@ -162,7 +162,10 @@ fn open_job(bid_msats: Option<u64>) -> NewJob {
     }
 }
 
-const VALID: &str = r#"{"schema":"pylon/code-analysis@1"}"#;
+/// The honest analysis of [`open_job`]'s file: what the buyer checks a result against.
+fn valid() -> String {
+    serde_json::to_string(&pylon::executors::code::analyze("f.rs", "fn f() {}\n")).expect("json")
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_payee_cannot_prove_a_payment_that_never_happened() {
@@ -184,7 +187,7 @@ async fn a_payee_cannot_prove_a_payment_that_never_happened() {
         .await
         .expect("lookup");
     assert!(looked.preimage.is_none() && looked.attestation().is_none());
-    let result = p.answer(&request, VALID, amount(&tx)).await;
+    let result = p.answer(&request, &valid(), amount(&tx)).await;
 
     let trace = |trust: pylon::provenance::TrustedHubs| {
         let (m, id) = (&m, request.id);
@@ -241,7 +244,7 @@ async fn a_payee_cannot_prove_a_payment_that_never_happened() {
     let own_result = p
         .answer(
             &request,
-            VALID,
+            &valid(),
             Amount {
                 msats: 1_000,
                 bolt11: Some(own.bolt11.clone()),
@@ -346,11 +349,11 @@ async fn auto_pay_without_a_bid_is_capped_and_an_open_job_survives_a_greedy_answ
     // 50,000 sats for one file, instantly.
     greedy.claim(&request).await;
     let tx = greedy.invoice(&request.id, 50_000_000).await;
-    greedy.answer(&request, VALID, amount(&tx)).await;
+    greedy.answer(&request, &valid(), amount(&tx)).await;
     // An honest answer at 2 sats follows.
     honest.claim(&request).await;
     let fair = honest.invoice(&request.id, 2_000).await;
-    honest.answer(&request, VALID, amount(&fair)).await;
+    honest.answer(&request, &valid(), amount(&fair)).await;
     let o = follower.await.expect("task").expect("run");
     assert!(
         matches!(o.status, JobState::Paid | JobState::Done),
@@ -385,7 +388,7 @@ async fn auto_pay_without_a_bid_is_capped_and_an_open_job_survives_a_greedy_answ
     };
     greedy.claim(&request).await;
     let tx = greedy.invoice(&request.id, 50_000_000).await;
-    greedy.answer(&request, VALID, amount(&tx)).await;
+    greedy.answer(&request, &valid(), amount(&tx)).await;
     let o = follower.await.expect("task").expect("run");
     assert_eq!(o.status, JobState::Failed, "{o:?}");
     assert_eq!(o.failure, Some(FailureCode::PaymentFailed), "{o:?}");
@@ -412,13 +415,13 @@ async fn an_open_job_pays_only_a_key_that_claimed_it() {
     honest.claim(&request).await;
     // A key that never claimed answers first, at a valid price, with a valid invoice.
     let cheeky = jumper.invoice(&request.id, 1_000).await;
-    jumper.answer(&request, VALID, amount(&cheeky)).await;
+    jumper.answer(&request, &valid(), amount(&cheeky)).await;
     // And an invoice naming the honest provider cannot be re-used by the jumper either.
     let stolen = honest.invoice(&request.id, 1_000).await;
-    jumper.answer(&request, VALID, amount(&stolen)).await;
+    jumper.answer(&request, &valid(), amount(&stolen)).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let fair = honest.invoice(&request.id, 2_000).await;
-    honest.answer(&request, VALID, amount(&fair)).await;
+    honest.answer(&request, &valid(), amount(&fair)).await;
     let o = follower.await.expect("task").expect("run");
     assert_eq!(o.provider, Some(honest.keys.public_key().to_hex()), "{o:?}");
     assert_eq!(
@@ -469,7 +472,7 @@ async fn the_daily_cap_holds_across_jobs_and_a_paid_job_is_never_paid_twice() {
         seen.push(request.id);
         p.claim(&request).await;
         let tx = p.invoice(&request.id, 1_000).await;
-        p.answer(&request, VALID, amount(&tx)).await;
+        p.answer(&request, &valid(), amount(&tx)).await;
         outcomes.push(follower.await.expect("task").expect("run"));
     }
     let paid = outcomes.iter().filter(|o| o.payment.is_some()).count();
@@ -607,7 +610,7 @@ async fn a_job_the_wallet_cannot_pay_says_how_to_fund_it() {
     let request = request_of(&p.relay, b.public_key()).await;
     p.claim(&request).await;
     let tx = p.invoice(&request.id, 1_000).await;
-    p.answer(&request, VALID, amount(&tx)).await;
+    p.answer(&request, &valid(), amount(&tx)).await;
     let o = follower.await.expect("task").expect("run");
     assert_eq!(o.failure, Some(FailureCode::PaymentFailed), "{o:?}");
     let message = o.message.unwrap_or_default();

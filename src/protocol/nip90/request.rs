@@ -210,7 +210,8 @@ pub struct JobRequest {
 }
 
 impl JobRequest {
-    /// Parses a request. An encrypted one needs `keys` of the provider it was encrypted to.
+    /// Parses a request. An encrypted one needs `keys` of the provider it was encrypted to, or
+    /// of the buyer who wrote it (both sides of a NIP-04/NIP-44 conversation share one key).
     pub fn from_event(event: &Event, keys: Option<&Keys>) -> Result<Self, ProtocolError> {
         let kind = event.kind.as_u16();
         if !kinds::JOB_REQUESTS.contains(&kind) {
@@ -221,8 +222,23 @@ impl JobRequest {
             let keys =
                 keys.ok_or_else(|| ProtocolError::Encrypted("no key to decrypt with".into()))?;
             let enc = payload_encryption(&event.content);
+            let counterparty = if keys.public_key() == event.pubkey {
+                // The buyer reading its own request: the other side is the one provider.
+                let mut named = event.tags.public_keys();
+                match (named.next(), named.next()) {
+                    (Some(provider), None) => *provider,
+                    _ => {
+                        return Err(ProtocolError::BadTag(
+                            "p",
+                            "an encrypted job names exactly one provider".into(),
+                        ))
+                    }
+                }
+            } else {
+                event.pubkey
+            };
             let json = enc
-                .decrypt(keys, &event.pubkey, &event.content)
+                .decrypt(keys, &counterparty, &event.content)
                 .map_err(|e| ProtocolError::Encrypted(e.to_string()))?;
             let parsed: Vec<Vec<String>> = serde_json::from_str(&json)
                 .map_err(|e| ProtocolError::Encrypted(format!("payload is not a tag list: {e}")))?;
@@ -332,6 +348,10 @@ mod tests {
                     "someone else cannot read it"
                 );
                 assert!(JobRequest::from_event(&ev, None).is_err());
+                // The buyer reads back its own request (to record and follow it).
+                let own = JobRequest::from_event(&ev, Some(&buyer)).expect("the author reads it");
+                assert_eq!(own.inputs, parsed.inputs);
+                assert_eq!(own.param("path"), Some("src/main.rs"));
             }
         }
     }
