@@ -10,6 +10,7 @@ use std::sync::Arc;
 use futures_util::future::BoxFuture;
 
 use crate::protocol::failure::FailureCode;
+use crate::protocol::nip89::ParamDoc;
 use crate::protocol::nip90::JobRequest;
 
 /// A failed execution, with the code the buyer sees in `error` feedback.
@@ -47,6 +48,10 @@ pub trait Executor: Send + Sync {
     fn backends(&self) -> Vec<String>;
     /// Models served (text generation), for the announcement and status.
     fn models(&self) -> Vec<String> {
+        Vec::new()
+    }
+    /// The `param` tags it reads, for the announcement.
+    fn params(&self) -> Vec<ParamDoc> {
         Vec::new()
     }
     /// Whether the executor reads `url` inputs. The provider fetches them (safely, outside the
@@ -101,5 +106,14 @@ impl Registry {
     /// Models of all executors.
     pub fn models(&self) -> Vec<String> {
         self.by_kind.values().flat_map(|e| e.models()).collect()
+    }
+
+    /// The params each kind reads, keyed by kind number as text (the announcement's shape).
+    pub fn params(&self) -> BTreeMap<String, Vec<ParamDoc>> {
+        self.by_kind
+            .iter()
+            .map(|(k, e)| (k.to_string(), e.params()))
+            .filter(|(_, p)| !p.is_empty())
+            .collect()
     }
 }

@@ -40,6 +40,35 @@ pub struct ProviderInfo {
     /// `after` (result first) or `before` (pay first).
     #[serde(default)]
     pub payment: String,
+    /// The `param` tags each kind reads (keys are kind numbers as text), so a client that did
+    /// not write the provider knows what it may send.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub params: BTreeMap<String, Vec<ParamDoc>>,
+}
+
+/// One job parameter a provider reads.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct ParamDoc {
+    /// The `param` tag's first value.
+    #[serde(default)]
+    pub name: String,
+    /// What it does and what happens without it.
+    #[serde(default)]
+    pub about: String,
+    /// The values it takes, when they are a closed set.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub values: Vec<String>,
+}
+
+impl ParamDoc {
+    /// A parameter with its description and (possibly empty) closed set of values.
+    pub fn new(name: &str, about: &str, values: &[&str]) -> Self {
+        Self {
+            name: name.into(),
+            about: about.into(),
+            values: values.iter().map(|v| v.to_string()).collect(),
+        }
+    }
 }
 
 /// A parsed announcement.

@@ -502,6 +502,7 @@ fn provider_info(s: &Shared) -> ProviderInfo {
             .map(|(k, v)| (k.to_string(), *v))
             .collect(),
         encryption: vec!["nip44_v2".into(), "nip04".into()],
+        params: s.executors.params(),
         payment: match s.options.payment {
             PaymentMode::After => "after".into(),
             PaymentMode::Before => "before".into(),

@@ -838,6 +838,12 @@ async fn providers_are_discoverable_by_kind_and_heartbeat() {
         .expect("the provider is announced");
     assert_eq!(ann.price(5960), Some(1500));
     assert!(ann.kinds.contains(&5960));
+    // What a client that did not write Pylon may send, documented in the announcement.
+    let params: Vec<_> = ann.info.params["5960"]
+        .iter()
+        .map(|p| p.name.as_str())
+        .collect();
+    assert_eq!(params, ["path", "lang"], "{:?}", ann.info.params);
     let beats = c
         .fetch(
             nostr_sdk::Filter::new()

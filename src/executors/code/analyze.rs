@@ -16,7 +16,11 @@ const MAX_SIGNATURE: usize = 200;
 /// Analyses `source` as the file at `path`. Never fails: unparseable code still gets a hash, a
 /// line count and a text summary.
 pub fn analyze(path: &str, source: &str) -> Analysis {
-    let language = Language::from_path(path);
+    analyze_as(path, Language::from_path(path), source)
+}
+
+/// Analyses `source` as `language` (inferred or named by the buyer), reporting it as `path`.
+pub fn analyze_as(path: &str, language: Language, source: &str) -> Analysis {
     let (definitions, imports) = extract(language, source).unwrap_or_default();
     let summary = summary::build(language, source, &definitions, &imports);
     Analysis {

@@ -23,7 +23,8 @@ pub enum Language {
     Text,
 }
 
-/// Every language with a grammar, for tests and `doctor`.
+/// Every language with a grammar, for tests and `doctor`. The order is the syntax probe's
+/// tie-break (`infer.rs`): keep JavaScript before TypeScript and Go last.
 pub const PARSED: [Language; 6] = [
     Language::Rust,
     Language::Python,
@@ -49,6 +50,31 @@ impl Language {
             "go" => Self::Go,
             _ => Self::Text,
         }
+    }
+
+    /// Names the `lang` param takes (as [`Language::name`] writes them, plus `tsx`).
+    pub const NAMES: [&'static str; 7] = [
+        "rust",
+        "python",
+        "javascript",
+        "typescript",
+        "tsx",
+        "go",
+        "text",
+    ];
+
+    /// By name, as a buyer's `lang` param gives it (case-insensitive; `js`, `ts`, `py` too).
+    pub fn from_name(name: &str) -> Option<Self> {
+        Some(match name.trim().to_ascii_lowercase().as_str() {
+            "rust" | "rs" => Self::Rust,
+            "python" | "py" => Self::Python,
+            "javascript" | "js" => Self::JavaScript,
+            "typescript" | "ts" => Self::TypeScript,
+            "tsx" => Self::Tsx,
+            "go" | "golang" => Self::Go,
+            "text" | "txt" => Self::Text,
+            _ => return None,
+        })
     }
 
     /// The name in analysis output.

@@ -12,6 +12,7 @@ pub use backend::{Backend, BackendError};
 use super::{ExecError, Executor, Output};
 use crate::protocol::failure::FailureCode;
 use crate::protocol::kinds;
+use crate::protocol::nip89::ParamDoc;
 use crate::protocol::nip90::{InputType, JobRequest};
 
 /// Largest prompt accepted, bytes.
@@ -56,6 +57,29 @@ impl Executor for TextGeneration {
             self.backend.name(),
             self.backend.endpoint()
         )]
+    }
+
+    fn params(&self) -> Vec<ParamDoc> {
+        let models: Vec<&str> = self.models.iter().map(String::as_str).collect();
+        vec![
+            ParamDoc::new("model", "the model; the first served by default", &models),
+            ParamDoc::new(
+                "max_tokens",
+                &format!("tokens to generate, 1–{MAX_TOKENS_CAP} (default {DEFAULT_MAX_TOKENS})"),
+                &[],
+            ),
+            ParamDoc::new(
+                "temperature",
+                "sampling temperature (the backend's default)",
+                &[],
+            ),
+            ParamDoc::new("top_p", "nucleus sampling (the backend's default)", &[]),
+            ParamDoc::new(
+                "top_k",
+                "top-k sampling, a whole number (the backend's default)",
+                &[],
+            ),
+        ]
     }
 
     fn models(&self) -> Vec<String> {

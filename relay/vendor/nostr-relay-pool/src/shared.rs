@@ -18,12 +18,8 @@ use crate::policy::AdmitPolicy;
 use crate::transport::websocket::{DefaultWebsocketTransport, WebSocketTransport};
 
 // LruCache pre-allocate, so keep this at a reasonable value.
-// PYLON-PATCH: 128_000 upstream. Each entry is a boxed full event id (~64 bytes with the LRU
-// links) plus its slot in the pre-allocated table, so a full cache held ~10 MiB per client and a
-// long-running node grew by megabytes per thousand jobs while filling it (`pylon bench soak`).
-// The cache only spares a second signature check of an event seen again; 16k still covers every
-// event a node sees twice within minutes.
-const MAX_VERIFICATION_CACHE_SIZE: usize = 16_384;
+// A good value may be <= 128k, considering that stored values are the 64-bit hashes of the event IDs.
+const MAX_VERIFICATION_CACHE_SIZE: usize = 128_000;
 
 #[derive(Debug)]
 pub enum SharedStateError {
