@@ -12,6 +12,29 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+/// The code-analysis request `author` published (one not in `seen`), as the relay stores it:
+/// what a scripted provider answers.
+pub async fn request_of(
+    c: &pylon::relay::MarketClient,
+    author: nostr_sdk::PublicKey,
+    seen: &[nostr_sdk::EventId],
+) -> nostr_sdk::Event {
+    let filter = nostr_sdk::Filter::new()
+        .kind(nostr_sdk::Kind::from(5960))
+        .author(author);
+    for _ in 0..200 {
+        let found = c
+            .fetch(filter.clone(), Duration::from_secs(1))
+            .await
+            .expect("fetch");
+        if let Some(ev) = found.into_iter().find(|e| !seen.contains(&e.id)) {
+            return ev;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("the buyer never published its request");
+}
+
 /// The passphrase every test identity uses.
 pub const PASS: &str = "test passphrase";
 

@@ -14,7 +14,9 @@ use pylon::store::{JobState, Store};
 use pylon::wallet::Wallet;
 use serde_json::Value;
 
-use crate::common::{pylon, start_node_process, stderr, stdout, Home, Market, Spawned, PASS};
+use crate::common::{
+    pylon, request_of, start_node_process, stderr, stdout, Home, Market, Spawned, PASS,
+};
 
 /// A buyer in the test process, funded from the faucet.
 async fn buyer(m: &Market, sats: u64) -> (Buyer, tempfile::TempDir) {
@@ -387,30 +389,6 @@ async fn a_request_seen_on_two_relays_runs_once() {
     drop(node);
 }
 
-/// The code-analysis request `buyer` published (not one of `seen`), as the relay stores it.
-async fn published_request(
-    c: &MarketClient,
-    buyer: PublicKey,
-    seen: &[nostr_sdk::EventId],
-) -> nostr_sdk::Event {
-    for _ in 0..100 {
-        let found = c
-            .fetch(
-                nostr_sdk::Filter::new()
-                    .kind(Kind::from(5960))
-                    .author(buyer),
-                Duration::from_secs(1),
-            )
-            .await
-            .expect("fetch");
-        if let Some(ev) = found.into_iter().find(|e| !seen.contains(&e.id)) {
-            return ev;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("the buyer published no request");
-}
-
 /// A provider that answers without asking for payment (a foreign DVM's free job): the buyer
 /// calls the job `done` without paying, and the trace, from the relay alone, says `free` (exit
 /// 0 from `job trace`) while `verified` stays false: there is no payment to prove. An answer
@@ -438,7 +416,7 @@ async fn a_free_result_is_done_and_traces_as_free_and_an_echo_is_refused() {
         let (b, job) = (b.clone(), free_job.clone());
         tokio::spawn(async move { b.run(&job, wait(true, Some(5_000))).await })
     };
-    let request = published_request(&c, b.public_key(), &[]).await;
+    let request = request_of(&c, b.public_key(), &[]).await;
     let parsed = JobRequest::from_event(&request, None).expect("parse");
     let analysis =
         serde_json::to_string(&pylon::executors::code::analyze("free.rs", source)).expect("json");
@@ -469,7 +447,7 @@ async fn a_free_result_is_done_and_traces_as_free_and_an_echo_is_refused() {
         let (b, job) = (b.clone(), echo_job.clone());
         tokio::spawn(async move { b.run(&job, wait(true, Some(5_000))).await })
     };
-    let request2 = published_request(&c, b.public_key(), &[request.id]).await;
+    let request2 = request_of(&c, b.public_key(), &[request.id]).await;
     let parsed2 = JobRequest::from_event(&request2, None).expect("parse");
     let echo = JobResult::to_event(&provider, &request2, &parsed2, "ECHO: fn echo() {}", None)
         .expect("event");
@@ -505,7 +483,7 @@ async fn forged_results_are_rejected() {
     )
     .await
     .expect("connect");
-    let request = published_request(&c, b.public_key(), &[]).await;
+    let request = request_of(&c, b.public_key(), &[]).await;
     let parsed = JobRequest::from_event(&request, None).expect("parse");
     // 1. A result from someone the job was not sent to.
     let foreign =

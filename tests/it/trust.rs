@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use nostr_sdk::{Event, EventId, Filter, Keys, Kind, PublicKey};
+use nostr_sdk::{Event, EventId, Filter, Keys, Kind};
 use pylon::bolt11::{self, Purpose};
 use pylon::buyer::{Buyer, SpendLimits, WaitOptions};
 use pylon::protocol::failure::FailureCode;
@@ -22,7 +22,7 @@ use pylon::store::{JobState, Store};
 use pylon::wallet::{NwcWallet, Wallet};
 use serde_json::Value;
 
-use crate::common::{pylon_at, start_node_process, stderr, Home, Market};
+use crate::common::{pylon_at, request_of, start_node_process, stderr, Home, Market};
 
 async fn client(m: &Market, keys: &Keys) -> MarketClient {
     MarketClient::connect(
@@ -75,24 +75,6 @@ fn auto_paid(
         )
         .await
     })
-}
-
-/// Waits for the request `author` publishes next, as a provider watching the relay would.
-async fn request_of(c: &MarketClient, author: PublicKey) -> Event {
-    for _ in 0..200 {
-        let found = c
-            .fetch(
-                Filter::new().kind(Kind::from(5960)).author(author),
-                Duration::from_secs(1),
-            )
-            .await
-            .expect("fetch");
-        if let Some(ev) = found.into_iter().next() {
-            return ev;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("the buyer never published its request");
 }
 
 /// A hostile (or honest, scripted) provider: its keys, relay client and hub wallet.
@@ -345,7 +327,7 @@ async fn auto_pay_without_a_bid_is_capped_and_an_open_job_survives_a_greedy_answ
     let greedy = Actor::new(&m).await;
     let honest = Actor::new(&m).await;
     let follower = auto_paid(&b, open_job(None), 20);
-    let request = request_of(&greedy.relay, b.public_key()).await;
+    let request = request_of(&greedy.relay, b.public_key(), &[]).await;
     // 50,000 sats for one file, instantly.
     greedy.claim(&request).await;
     let tx = greedy.invoice(&request.id, 50_000_000).await;
@@ -380,7 +362,7 @@ async fn auto_pay_without_a_bid_is_capped_and_an_open_job_survives_a_greedy_answ
     // With only the greedy answer, the job ends unpaid and says why.
     let follower = auto_paid(&b, open_job(None), 8);
     let request = loop {
-        let r = request_of(&greedy.relay, b.public_key()).await;
+        let r = request_of(&greedy.relay, b.public_key(), &[]).await;
         if r.id != EventId::from_hex(&o.job_id).expect("id") {
             break r;
         }
@@ -411,7 +393,7 @@ async fn an_open_job_pays_only_a_key_that_claimed_it() {
     let honest = Actor::new(&m).await;
     let jumper = Actor::new(&m).await;
     let follower = auto_paid(&b, open_job(Some(5_000)), 20);
-    let request = request_of(&honest.relay, b.public_key()).await;
+    let request = request_of(&honest.relay, b.public_key(), &[]).await;
     honest.claim(&request).await;
     // A key that never claimed answers first, at a valid price, with a valid invoice.
     let cheeky = jumper.invoice(&request.id, 1_000).await;
@@ -462,13 +444,7 @@ async fn the_daily_cap_holds_across_jobs_and_a_paid_job_is_never_paid_twice() {
     let mut seen: Vec<EventId> = Vec::new();
     for _ in 0..3 {
         let follower = auto_paid(&b, open_job(Some(2_000)), 10);
-        let request = loop {
-            let r = request_of(&p.relay, b.public_key()).await;
-            if !seen.contains(&r.id) {
-                break r;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        };
+        let request = request_of(&p.relay, b.public_key(), &seen).await;
         seen.push(request.id);
         p.claim(&request).await;
         let tx = p.invoice(&request.id, 1_000).await;
@@ -607,7 +583,7 @@ async fn a_job_the_wallet_cannot_pay_says_how_to_fund_it() {
     );
     let p = Actor::new(&m).await;
     let follower = auto_paid(&b, open_job(Some(2_000)), 10);
-    let request = request_of(&p.relay, b.public_key()).await;
+    let request = request_of(&p.relay, b.public_key(), &[]).await;
     p.claim(&request).await;
     let tx = p.invoice(&request.id, 1_000).await;
     p.answer(&request, &valid(), amount(&tx)).await;

@@ -10,11 +10,6 @@ use tree_sitter::{Node, Parser};
 
 use super::language::{Language, PARSED};
 
-/// Probed in [`PARSED`]'s order; on a tie (a snippet valid in several languages) the first
-/// wins: TypeScript after JavaScript (every JavaScript file is TypeScript too), Go last, since
-/// its grammar accepts bare statements that are valid elsewhere.
-const PROBE: [Language; 6] = PARSED;
-
 /// At most this share of a tree's nodes may be errors for the probe to name its language.
 const MAX_ERROR_SHARE: f64 = 0.02;
 
@@ -65,8 +60,11 @@ fn probe(source: &str) -> Option<Language> {
     if source.trim().is_empty() {
         return None;
     }
+    // On a tie (a snippet valid in several languages) the first in `PARSED` wins: TypeScript
+    // after JavaScript (every JavaScript file is TypeScript too), Go last, since its grammar
+    // accepts bare statements that are valid elsewhere.
     let mut best: Option<(Language, usize)> = None;
-    for lang in PROBE {
+    for lang in PARSED {
         let Some((errors, nodes)) = errors_in(lang, source) else {
             continue;
         };

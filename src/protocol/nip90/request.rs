@@ -160,16 +160,11 @@ impl NewJob {
                 String::new()
             }
             Some(enc) => {
-                let [provider] = self.providers.as_slice() else {
-                    return Err(ProtocolError::BadTag(
-                        "p",
-                        "an encrypted job names exactly one provider".into(),
-                    ));
-                };
+                let provider = sole_provider(self.providers.iter())?;
                 let json = serde_json::to_string(&private)
                     .map_err(|e| ProtocolError::Sign(e.to_string()))?;
                 public.push(tags::custom("encrypted", Vec::<String>::new()));
-                enc.encrypt(keys, provider, &json)
+                enc.encrypt(keys, &provider, &json)
                     .map_err(|e| ProtocolError::Encrypted(e.to_string()))?
             }
         };
@@ -177,6 +172,19 @@ impl NewJob {
             .tags(public)
             .sign_with_keys(keys)
             .map_err(|e| ProtocolError::Sign(e.to_string()))
+    }
+}
+
+/// The one provider an encrypted job is for: its inputs are encrypted to that key alone.
+fn sole_provider<'a>(
+    mut named: impl Iterator<Item = &'a PublicKey>,
+) -> Result<PublicKey, ProtocolError> {
+    match (named.next(), named.next()) {
+        (Some(provider), None) => Ok(*provider),
+        _ => Err(ProtocolError::BadTag(
+            "p",
+            "an encrypted job names exactly one provider".into(),
+        )),
     }
 }
 
@@ -224,16 +232,7 @@ impl JobRequest {
             let enc = payload_encryption(&event.content);
             let counterparty = if keys.public_key() == event.pubkey {
                 // The buyer reading its own request: the other side is the one provider.
-                let mut named = event.tags.public_keys();
-                match (named.next(), named.next()) {
-                    (Some(provider), None) => *provider,
-                    _ => {
-                        return Err(ProtocolError::BadTag(
-                            "p",
-                            "an encrypted job names exactly one provider".into(),
-                        ))
-                    }
-                }
+                sole_provider(event.tags.public_keys())?
             } else {
                 event.pubkey
             };
