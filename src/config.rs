@@ -151,6 +151,10 @@ pub struct ProviderConfig {
     /// special addresses. Off: a buyer must not read the provider's own network through a job.
     #[serde(default)]
     pub allow_private_urls: bool,
+    /// Also answer on request-named relays (`relays` tag) at loopback, private and other special
+    /// addresses. Off: a request must not make the node connect into its own network.
+    #[serde(default)]
+    pub allow_private_relays: bool,
     /// Jobs running or awaiting payment at once for a buyer who has never paid this node;
     /// further jobs are pay-first. 0: every such buyer pays first.
     #[serde(default = "default_max_unpaid_jobs_unproven")]
@@ -161,6 +165,7 @@ impl Default for ProviderConfig {
     fn default() -> Self {
         Self {
             allow_private_urls: false,
+            allow_private_relays: false,
             max_unpaid_jobs_unproven: default_max_unpaid_jobs_unproven(),
         }
     }
@@ -175,6 +180,7 @@ impl ProviderConfig {
     pub fn apply(&self, options: crate::provider::NodeOptions) -> crate::provider::NodeOptions {
         crate::provider::NodeOptions {
             allow_private_urls: self.allow_private_urls,
+            allow_private_relays: self.allow_private_relays,
             max_unpaid_jobs_unproven: self.max_unpaid_jobs_unproven,
             ..options
         }
@@ -501,6 +507,9 @@ hubs = {hubs}
 # Fetch `url` job inputs from loopback, private (10/8, 192.168/16, fc00::/7, ...), link-local
 # and other special addresses. Off, a buyer cannot read this machine's own network through a job.
 allow_private_urls = false
+# Also send feedback and results to relays a request names (its `relays` tag) at such addresses.
+# Off, a request cannot make this node connect into its own network.
+allow_private_relays = false
 # Jobs a buyer who has never paid this node may have running or awaiting payment at once;
 # beyond that they pay first. 0: every such buyer pays first.
 max_unpaid_jobs_unproven = 2

@@ -20,6 +20,7 @@ pub mod home;
 pub mod hub;
 pub mod identity;
 pub mod logging;
+pub mod memory;
 pub mod protocol;
 pub mod provenance;
 pub mod provider;

@@ -14,6 +14,7 @@ use serde::Serialize;
 
 use super::{err, ApplianceError};
 use crate::executors::Registry;
+use crate::memory::resident_bytes;
 use crate::provider::{Node, NodeOptions};
 use crate::relay::{MarketClient, Reachability};
 use crate::store::Store;
@@ -153,28 +154,6 @@ async fn start_one(
     )
     .await
     .map_err(err)
-}
-
-/// What this process holds in RAM now, bytes (Linux; `None` elsewhere).
-pub fn resident_bytes() -> Option<u64> {
-    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
-    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    Some(pages * 4096)
-}
-
-/// Hands memory the allocator holds free back to the system, once a burst is over.
-///
-/// glibc's malloc keeps freed memory in its per-thread arenas for reuse instead of returning it,
-/// so after a burst (hundreds of nodes parsing thousands of events at once) the resident size
-/// stays at its peak although the memory is free. `malloc_trim` returns it; a long-running
-/// swarm calls this when idle. Only free memory goes back: what stays is live data, which
-/// `pylon bench swarm` reports as `after_trim_mib`. No-op off glibc.
-pub fn release_free_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only walks the allocator's own free lists; it takes no pointers.
-    unsafe {
-        libc::malloc_trim(0);
-    }
 }
 
 /// A memory reading of a running swarm.

@@ -49,8 +49,12 @@ pub struct Sample {
     pub rss_kib: u64,
     /// Its anonymous part (RssAnon: heap and stacks), KiB. VmRSS also counts pages of the
     /// relay's memory-mapped LMDB store and SQLite files, which grow with the data stored —
-    /// RssAnon is what a leak in the code grows.
+    /// RssAnon is what a leak in the code grows. Read after handing the allocator's free pages
+    /// back (`memory::release_free_memory`, as long-running commands do every minute), so it
+    /// is memory the code retains.
     pub rss_anon_kib: u64,
+    /// RssAnon just before that trim: retained plus what glibc kept free in its arenas.
+    pub rss_anon_untrimmed_kib: u64,
     /// Open file descriptors (entries of /proc/self/fd).
     pub fds: u64,
     /// Seconds since the first job was submitted.
@@ -80,10 +84,13 @@ pub struct SoakBench {
     /// The same as bytes per job.
     pub rss_anon_bytes_per_job: Option<f64>,
     /// RssAnon's slope over the second half of the samples only. Bounded caches fill first
-    /// (each relay client's seen-id memory, 35,000 ids; the hub's answers, ≤ 20,000 for ≤ 120 s;
+    /// (each relay client's seen-id memory, 16,384 ids; the hub's answers, ≤ 20,000 for ≤ 120 s;
     /// a node's handled-request memory, 100,000 ids), so a long run shows this falling toward
     /// zero where a leak would keep it level.
     pub rss_anon_slope_second_half_kib_per_1000_jobs: Option<f64>,
+    /// The RssAnon slope (after the first sample) read before each trim: what a process that
+    /// never gave free memory back would show, fragmentation included.
+    pub rss_anon_untrimmed_slope_kib_per_1000_jobs: Option<f64>,
     /// Least-squares slope of open fds over the samples after the first, per 1,000 jobs.
     pub fd_slope_per_1000_jobs: Option<f64>,
     /// Fds open at the last sample minus at the first (warm-up) sample.
@@ -235,6 +242,10 @@ pub async fn run(options: SoakOptions, progress: impl Fn(&str)) -> Result<SoakBe
         rss_anon_slope_kib_per_1000_jobs: anon_slope.map(round3),
         rss_anon_bytes_per_job: anon_slope.map(|kib| round3(kib * 1024.0 / 1000.0)),
         rss_anon_slope_second_half_kib_per_1000_jobs: anon_tail_slope.map(round3),
+        rss_anon_untrimmed_slope_kib_per_1000_jobs: slope_per_1000(after_warmup, |s| {
+            s.rss_anon_untrimmed_kib as f64
+        })
+        .map(round3),
         fd_slope_per_1000_jobs: fd_slope.map(round3),
         fd_growth_after_warmup: fd_growth,
         rss_goal_met: rss_slope.map(|kib| kib < 1024.0),
@@ -271,6 +282,8 @@ fn sample(jobs: usize, started: Instant) -> Result<Sample, BenchError> {
         super::relay_child::proc_status_kib(std::process::id(), name)
             .ok_or_else(|| BenchError(format!("cannot read {name} from /proc/self/status")))
     };
+    let rss_anon_untrimmed_kib = field("RssAnon:")?;
+    crate::memory::release_free_memory();
     let (rss_kib, rss_anon_kib) = (field("VmRSS:")?, field("RssAnon:")?);
     let fds = std::fs::read_dir("/proc/self/fd")
         .map_err(|e| BenchError(format!("cannot list /proc/self/fd: {e}")))?
@@ -279,6 +292,7 @@ fn sample(jobs: usize, started: Instant) -> Result<Sample, BenchError> {
         jobs,
         rss_kib,
         rss_anon_kib,
+        rss_anon_untrimmed_kib,
         fds,
         elapsed_secs: round3(started.elapsed().as_secs_f64()),
     })
@@ -323,6 +337,7 @@ mod tests {
             jobs,
             rss_kib,
             rss_anon_kib: rss_kib,
+            rss_anon_untrimmed_kib: rss_kib,
             fds: 10,
             elapsed_secs: 0.0,
         }

@@ -86,7 +86,7 @@ pub fn run(
         if let Ok(e) = Heartbeat::to_event(
             k,
             &HeartbeatInfo {
-                interval_secs: 60,
+                interval_secs: Some(60),
                 ..Default::default()
             },
             &[5960],
@@ -209,7 +209,7 @@ pub fn run(
 /// Resident set size of this process, MiB (Linux). Unreadable is an error, not 0: a 0 would
 /// read as "the collector costs no memory".
 fn rss_mib() -> Result<f64, super::wallet::BenchError> {
-    crate::appliance::swarm::resident_bytes()
+    crate::memory::resident_bytes()
         .map(|b| b as f64 / (1024.0 * 1024.0))
         .ok_or_else(|| super::wallet::BenchError("cannot read /proc/self/statm".into()))
 }

@@ -13,10 +13,11 @@ use super::market::bench_node_options;
 use super::relay::bench_relay_settings;
 use super::wallet::BenchError;
 use super::{round3, Latency};
-use crate::appliance::swarm::{resident_bytes, Swarm, SwarmOptions};
+use crate::appliance::swarm::{Swarm, SwarmOptions};
 use crate::appliance::{open_hub_settings, Appliance};
 use crate::buyer::WaitOptions;
 use crate::executors::Registry;
+use crate::memory::resident_bytes;
 use crate::protocol::nip90::{JobInput, NewJob};
 use crate::store::JobState;
 
@@ -189,7 +190,7 @@ pub async fn run(
         // Settlements and receipts trail the last outcome by a moment.
         tokio::time::sleep(SETTLE).await;
         let after_burst = resident_bytes().unwrap_or(0);
-        crate::appliance::swarm::release_free_memory();
+        crate::memory::release_free_memory();
         let after_trim = resident_bytes().unwrap_or(0);
         let mut balances_after = 0u64;
         for b in &buyers {

@@ -244,10 +244,31 @@ impl Buyer {
 
     /// Signs, records and publishes a job; returns the request event.
     pub async fn submit(&self, job: &NewJob) -> Result<Event, BuyerError> {
-        let event = job.to_event(&self.keys)?;
+        let event = self.sign(job).await?;
         self.record(&event)?;
         self.relay.publish(&event).await?;
         Ok(event)
+    }
+
+    /// Signs `job`, naming this buyer's relays in a `relays` tag when it names none (NIP-90:
+    /// where the provider should answer; a provider on other relays then still reaches us).
+    async fn sign(&self, job: &NewJob) -> Result<Event, BuyerError> {
+        if !job.relays.is_empty() {
+            return Ok(job.to_event(&self.keys)?);
+        }
+        let relays: Vec<String> = self
+            .relay
+            .relay_urls()
+            .await
+            .iter()
+            .take(crate::protocol::nip90::MAX_RELAYS)
+            .map(|u| u.to_string())
+            .collect();
+        let job = NewJob {
+            relays,
+            ..job.clone()
+        };
+        Ok(job.to_event(&self.keys)?)
     }
 
     /// Submits a job and follows it to its end. At most the in-flight limit of jobs are
@@ -258,7 +279,7 @@ impl Buyer {
         let permit = self.in_flight.acquire().await;
         self.waiting.fetch_sub(1, Ordering::SeqCst);
         let _permit = permit.map_err(|_| BuyerError::Other("the buyer is shutting down".into()))?;
-        let event = job.to_event(&self.keys)?;
+        let event = self.sign(job).await?;
         self.record(&event)?;
         // Route before publishing: a fast provider answers within milliseconds. The guard
         // unroutes the job however this future ends (a coordinator drops losing duplicates).

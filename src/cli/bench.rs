@@ -618,16 +618,17 @@ fn print_soak(r: &crate::bench::soak::SoakBench) {
     );
     for s in std::iter::once(&r.baseline).chain(&r.samples) {
         println!(
-            "  {:>7} jobs: RSS {:>8} KiB (anon {:>8} KiB), {:>4} fds",
-            s.jobs, s.rss_kib, s.rss_anon_kib, s.fds
+            "  {:>7} jobs: RSS {:>8} KiB (anon {:>8} KiB retained, {:>8} KiB before the trim), {:>4} fds",
+            s.jobs, s.rss_kib, s.rss_anon_kib, s.rss_anon_untrimmed_kib, s.fds
         );
     }
     println!(
-        "RSS slope after warm-up: {} KiB per 1,000 jobs ({} bytes/job; anon {} KiB per 1,000, {} over the second half); fds: {} per 1,000 jobs, {:+} overall",
+        "RSS slope after warm-up: {} KiB per 1,000 jobs ({} bytes/job; anon {} KiB per 1,000, {} over the second half, {} untrimmed); fds: {} per 1,000 jobs, {:+} overall",
         opt(r.rss_slope_kib_per_1000_jobs),
         opt(r.rss_bytes_per_job),
         opt(r.rss_anon_slope_kib_per_1000_jobs),
         opt(r.rss_anon_slope_second_half_kib_per_1000_jobs),
+        opt(r.rss_anon_untrimmed_slope_kib_per_1000_jobs),
         opt(r.fd_slope_per_1000_jobs),
         r.fd_growth_after_warmup
     );

@@ -219,6 +219,23 @@ fn exit_code_of(error: &anyhow::Error) -> ExitCode {
 }
 
 async fn run(command: Command, ctx: Context) -> anyhow::Result<ExitCode> {
+    // Servers run for days: give the allocator's free memory back now and then (see
+    // `memory`). Benchmarks are left alone: they trim where they measure.
+    let serves = matches!(
+        command,
+        Command::Relay(_)
+            | Command::Hub(_)
+            | Command::Node(_)
+            | Command::Web(_)
+            | Command::Up(_)
+            | Command::Demo(_)
+            | Command::Swarm(_)
+    );
+    let _trimmer = serves.then(|| {
+        AbortOnDrop(tokio::spawn(crate::memory::trim_every(
+            crate::memory::TRIM_EVERY,
+        )))
+    });
     match command {
         Command::Init(args) => init::run(&ctx, args).await,
         Command::Wallet(cmd) => wallet::run(&ctx, cmd).await,
@@ -238,6 +255,15 @@ async fn run(command: Command, ctx: Context) -> anyhow::Result<ExitCode> {
         Command::Up(args) => up::run(&ctx, args).await,
         Command::Demo(args) => demo::run(args).await,
         Command::Swarm(args) => swarm::run(&ctx, args).await,
+    }
+}
+
+/// Aborts its task when dropped: the trimmer ends with the command.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

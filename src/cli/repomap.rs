@@ -185,7 +185,8 @@ async fn market(
         let left = daily.saturating_sub(spent);
         if needed > left {
             bail!(
-                "this map may cost {} sats but only {} sats are left today under [buyer] max_daily_sats                  ({} sats): lower --budget or raise the cap in config.toml",
+                "this map may cost {} sats but only {} sats are left today under [buyer] max_daily_sats \
+                 ({} sats): lower --budget or raise the cap in config.toml",
                 needed.div_ceil(1000),
                 left / 1000,
                 daily / 1000
@@ -223,27 +224,41 @@ async fn wait_for_providers(
     only: &[PublicKey],
 ) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(args.wait_secs);
-    let mut said = 0;
+    let mut said = None;
+    let mut explained = false;
     loop {
-        let online = fanout::select::discover(relay, args.max_price_msats, only)
-            .await?
-            .len();
+        let found = fanout::select::discover_all(relay, args.max_price_msats, only).await?;
+        let online = found.candidates.len();
+        // Providers the user named and cannot have are worth saying at once, with the reason.
+        if !only.is_empty() && !explained && !found.passed_over.is_empty() {
+            for line in found.explain() {
+                eprintln!("cannot use provider {line}");
+            }
+            explained = true;
+        }
         if online >= args.min_providers {
             return Ok(());
         }
         if Instant::now() >= deadline {
+            let mut why = String::new();
+            for line in found.explain() {
+                why.push_str(&format!("\n  {line}"));
+            }
+            if !why.is_empty() {
+                why = format!("; passed over:{why}");
+            }
             bail!(
-                "only {online} of the {} providers asked for (--min-providers) came online within {} s",
+                "only {online} of the {} providers asked for (--min-providers) came online within {} s{why}",
                 args.min_providers,
                 args.wait_secs
             );
         }
-        if online != said {
+        if said != Some(online) {
             eprintln!(
                 "waiting for providers: {online}/{} online",
                 args.min_providers
             );
-            said = online;
+            said = Some(online);
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }

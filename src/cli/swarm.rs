@@ -7,8 +7,9 @@ use anyhow::Context as _;
 use clap::Args;
 
 use super::{output, shutdown_signal, Context};
-use crate::appliance::swarm::{resident_bytes, MemoryReport, Swarm, SwarmOptions};
+use crate::appliance::swarm::{MemoryReport, Swarm, SwarmOptions};
 use crate::executors::Registry;
+use crate::memory::resident_bytes;
 use crate::provider::NodeOptions;
 use crate::wallet::resolve;
 
@@ -112,7 +113,7 @@ pub(crate) async fn run(ctx: &Context, args: SwarmArgs) -> anyhow::Result<ExitCo
                 let busy = swarm.busy().await;
                 if busy == 0 {
                     // Idle after a burst: give the allocator's free memory back.
-                    crate::appliance::swarm::release_free_memory();
+                    crate::memory::release_free_memory();
                 }
                 show(&report(busy))?
             }

@@ -4,7 +4,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use nostr_sdk::{Alphabet, Filter, PublicKey, SingleLetterTag, Timestamp};
+use nostr_sdk::{Alphabet, Filter, PublicKey, SingleLetterTag, Timestamp, ToBech32};
 
 use crate::protocol::heartbeat::Heartbeat;
 use crate::protocol::kinds;
@@ -23,6 +23,55 @@ pub struct Candidate {
     pub queue_depth: u32,
 }
 
+/// Why a provider that announces code analysis cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unusable {
+    /// Its announcement has no price for kind 5960 in Pylon's `prices` (another framework's
+    /// DVM, which prices per job in its invoice): the coordinator cannot budget it.
+    NoPrice,
+    /// Its price (msats) is above `--max-price-msats`.
+    TooExpensive(u64),
+    /// No heartbeat of it is online now.
+    Offline,
+    /// Named by `--providers` but it announces no code analysis at all.
+    NotAnnounced,
+}
+
+impl std::fmt::Display for Unusable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::NoPrice => f.write_str(
+                "announces code analysis without a price in Pylon's `prices` (not a Pylon node?), so the map cannot budget it",
+            ),
+            Self::TooExpensive(p) => write!(f, "asks {p} msats per file, above --max-price-msats"),
+            Self::Offline => f.write_str("has no live heartbeat (offline, or it never beats)"),
+            Self::NotAnnounced => f.write_str("announces no code analysis (kind 5960) on these relays"),
+        }
+    }
+}
+
+/// What discovery found: the providers to use, and why the others cannot be.
+#[derive(Debug, Clone, Default)]
+pub struct Discovery {
+    /// Usable, cheapest first.
+    pub candidates: Vec<Candidate>,
+    /// Passed over, with the reason, in key order.
+    pub passed_over: Vec<(PublicKey, Unusable)>,
+}
+
+impl Discovery {
+    /// One line per provider passed over, for a user who asked for them or got none.
+    pub fn explain(&self) -> Vec<String> {
+        self.passed_over
+            .iter()
+            .map(|(pk, why)| {
+                let name = pk.to_bech32().unwrap_or_else(|_| pk.to_hex());
+                format!("{name} {why}")
+            })
+            .collect()
+    }
+}
+
 /// Online providers of kind 5960 whose price is at most `max_price` (restricted to `only` when
 /// given), cheapest first.
 pub async fn discover(
@@ -30,6 +79,15 @@ pub async fn discover(
     max_price: u64,
     only: &[PublicKey],
 ) -> Result<Vec<Candidate>, ClientError> {
+    Ok(discover_all(relay, max_price, only).await?.candidates)
+}
+
+/// [`discover`], and why each other provider of kind 5960 (or named in `only`) is not usable.
+pub async fn discover_all(
+    relay: &MarketClient,
+    max_price: u64,
+    only: &[PublicKey],
+) -> Result<Discovery, ClientError> {
     let kind = kinds::CODE_ANALYSIS.to_string();
     let announces = relay
         .fetch(
@@ -40,12 +98,13 @@ pub async fn discover(
             Duration::from_secs(5),
         )
         .await?;
-    let mut price: HashMap<PublicKey, u64> = HashMap::new();
+    let mut price: HashMap<PublicKey, Option<u64>> = HashMap::new();
     for e in announces.iter() {
         if let Ok(a) = Announcement::from_event(e) {
-            if let Some(p) = a.price(kinds::CODE_ANALYSIS) {
-                price.insert(a.provider, p);
-            }
+            let p = a.price(kinds::CODE_ANALYSIS);
+            // A provider's newer announcement without a price does not hide an older one's.
+            let slot = price.entry(a.provider).or_default();
+            *slot = p.or(*slot);
         }
     }
     let beats = relay
@@ -71,24 +130,40 @@ pub async fn discover(
         }
     }
     let only: HashSet<&PublicKey> = only.iter().collect();
-    let mut out: Vec<Candidate> = online
-        .into_iter()
-        .filter(|(pk, _)| only.is_empty() || only.contains(pk))
-        .filter_map(|(pk, h)| {
-            let p = *price.get(&pk)?;
-            (p <= max_price).then_some(Candidate {
-                pubkey: pk,
-                price_msats: p,
-                queue_depth: h.info.queue_depth + h.info.running,
-            })
-        })
-        .collect();
-    out.sort_by(|a, b| {
+    let mut found = Discovery::default();
+    for (pk, p) in &price {
+        if !only.is_empty() && !only.contains(pk) {
+            continue;
+        }
+        let why = match (p, online.get(pk)) {
+            (None, _) => Unusable::NoPrice,
+            (Some(p), _) if *p > max_price => Unusable::TooExpensive(*p),
+            (Some(_), None) => Unusable::Offline,
+            (Some(p), Some(h)) => {
+                found.candidates.push(Candidate {
+                    pubkey: *pk,
+                    price_msats: *p,
+                    // A foreign node that states no queue is taken as idle: its price and
+                    // record still rank it.
+                    queue_depth: h.info.queue_depth.unwrap_or(0) + h.info.running.unwrap_or(0),
+                });
+                continue;
+            }
+        };
+        found.passed_over.push((*pk, why));
+    }
+    found.passed_over.extend(
+        only.iter()
+            .filter(|pk| !price.contains_key(pk))
+            .map(|pk| (**pk, Unusable::NotAnnounced)),
+    );
+    found.passed_over.sort_by_key(|p| p.0);
+    found.candidates.sort_by(|a, b| {
         a.price_msats
             .cmp(&b.price_msats)
             .then(a.pubkey.cmp(&b.pubkey))
     });
-    Ok(out)
+    Ok(found)
 }
 
 /// How a provider has done in this run.

@@ -343,6 +343,7 @@ impl Job<'_> {
                 if let Err(e) = sent {
                     tracing::warn!(job = %self.id(), "feedback not published: {e}");
                 }
+                self.s.reply.send(&self.request.relays, &ev);
             }
             Err(e) => tracing::error!("cannot build feedback: {e}"),
         }
@@ -522,7 +523,15 @@ impl Job<'_> {
                 settle::hand_over(s, &hash, &self.id(), &mut paid)
             }
         };
-        match s.relay.publish(&result).await {
+        let published = s.relay.publish(&result).await;
+        // A copy goes to the request's own relays once ours have (or may have) it.
+        if matches!(
+            published,
+            Ok(_) | Err(crate::relay::client::ClientError::Unconfirmed { .. })
+        ) {
+            s.reply.send(&self.request.relays, &result);
+        }
+        match published {
             Ok(_) => {}
             // No relay confirmed it and none could show it absent: it may well be stored (a
             // busy relay). Failing the job now would contradict a result the buyer may hold;
@@ -571,6 +580,10 @@ async fn feedback_error(s: &Shared, event: &Event, code: FailureCode, why: &str)
             if let Err(e) = s.relay.publish(&ev).await {
                 tracing::warn!("error feedback not published: {e}");
             }
+            s.reply.send(
+                crate::protocol::tags::values(event, "relays").unwrap_or(&[]),
+                &ev,
+            );
         }
         Err(e) => tracing::error!("cannot build feedback: {e}"),
     }

@@ -13,6 +13,7 @@ mod inputs;
 mod intake;
 mod job;
 mod policy;
+pub mod reply;
 mod settle;
 mod terms;
 
@@ -78,6 +79,10 @@ pub struct NodeOptions {
     /// Fetch `url` inputs from loopback, private and other special addresses too. Off by
     /// default: a buyer must not be able to read the provider's own network through a job.
     pub allow_private_urls: bool,
+    /// Also answer on request-named relays (the `relays` tag) whose host is a loopback,
+    /// private or other special address. Off by default: a request must not make the node
+    /// connect into its own network.
+    pub allow_private_relays: bool,
     /// Longest fetching one job's `url` inputs may take, redirects included.
     pub fetch_timeout: Duration,
     /// Url fetches at once over all buyers (they run outside the job slots).
@@ -106,6 +111,7 @@ impl Default for NodeOptions {
             settlement_poll: Duration::from_secs(2),
             invoice_poll_after: Duration::from_secs(5),
             allow_private_urls: false,
+            allow_private_relays: false,
             fetch_timeout: Duration::from_secs(10),
             max_fetches: 8,
             buyer_max_fetches: 1,
@@ -211,6 +217,8 @@ pub(crate) struct Shared {
     buyers: Mutex<policy::BuyerLimits>,
     /// Url fetches, outside the slots.
     fetches: policy::FetchGate,
+    /// Copies of feedback and results to the relays a request names.
+    reply: Arc<reply::ReplyRelays>,
     /// Work on credit for buyers who never paid here.
     credit: Mutex<policy::Credit>,
     /// Woken whenever a payment is recorded (pay-first jobs of unproven buyers wait on it).
@@ -242,13 +250,13 @@ impl Shared {
 
     fn heartbeat_info(&self) -> HeartbeatInfo {
         HeartbeatInfo {
-            state: self.state(),
-            queue_depth: self.queued.load(Ordering::SeqCst) as u32,
-            running: self.running.load(Ordering::SeqCst) as u32,
-            jobs_served: self.served.load(Ordering::SeqCst),
-            jobs_failed: self.failed.load(Ordering::SeqCst),
-            interval_secs: self.options.heartbeat_interval.as_secs().max(1),
-            uptime_secs: self.started.elapsed().as_secs(),
+            state: Some(self.state()),
+            queue_depth: Some(self.queued.load(Ordering::SeqCst) as u32),
+            running: Some(self.running.load(Ordering::SeqCst) as u32),
+            jobs_served: Some(self.served.load(Ordering::SeqCst)),
+            jobs_failed: Some(self.failed.load(Ordering::SeqCst)),
+            interval_secs: Some(self.options.heartbeat_interval.as_secs().max(1)),
+            uptime_secs: Some(self.started.elapsed().as_secs()),
         }
     }
 
@@ -304,7 +312,10 @@ impl Node {
             }
         }
         executors.retain(&wanted);
+        let reply =
+            reply::ReplyRelays::start(relay.relay_urls().await, options.allow_private_relays);
         let shared = Arc::new(Shared {
+            reply,
             slots: Semaphore::new(options.max_concurrent.max(1)),
             buyers: Mutex::new(policy::BuyerLimits::new(
                 options.buyer_jobs_per_minute,

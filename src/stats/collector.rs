@@ -434,8 +434,9 @@ fn provider_row(pk: &PublicKey, p: &Provider, t: ProviderTally, now: Timestamp) 
             .filter(|n| !n.is_empty())
             .unwrap_or_default(),
         online: p.heartbeat.as_ref().is_some_and(|h| h.is_online(now)),
-        pylon: p.announce.as_ref().is_some_and(|a| a.pylon),
-        uptime_secs: p.heartbeat.as_ref().map(|h| h.info.uptime_secs),
+        pylon: p.announce.as_ref().is_some_and(|a| a.pylon)
+            || p.heartbeat.as_ref().is_some_and(|h| h.pylon),
+        uptime_secs: p.heartbeat.as_ref().and_then(|h| h.info.uptime_secs),
         completed: t.completed,
         failed: t.failed,
         median_runtime_ms: (!runtimes.is_empty()).then(|| percentile(&runtimes, 50.0)),
@@ -446,7 +447,7 @@ fn provider_row(pk: &PublicKey, p: &Provider, t: ProviderTally, now: Timestamp) 
             .as_ref()
             .map(|a| a.kinds.clone())
             .unwrap_or_default(),
-        queue_depth: p.heartbeat.as_ref().map(|h| h.info.queue_depth),
+        queue_depth: p.heartbeat.as_ref().and_then(|h| h.info.queue_depth),
     }
 }
 

@@ -351,7 +351,7 @@ mod tests {
         let fresh = Heartbeat::to_event(
             &w.provider,
             &HeartbeatInfo {
-                interval_secs: 10,
+                interval_secs: Some(10),
                 ..Default::default()
             },
             &[5960],
@@ -376,7 +376,7 @@ mod tests {
         let beat = Heartbeat::to_event(
             &w.provider,
             &HeartbeatInfo {
-                interval_secs: 1,
+                interval_secs: Some(1),
                 ..Default::default()
             },
             &[5960],

@@ -316,15 +316,7 @@ async fn a_provider_killed_after_claiming_leaves_a_resubmittable_job() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_request_seen_on_two_relays_runs_once() {
     let m = Market::start().await;
-    let second = pylon::relay::EmbeddedRelay::start(
-        &pylon::relay::RelaySettings {
-            bind: "127.0.0.1:0".parse().expect("addr"),
-            ..Default::default()
-        },
-        &tempfile::tempdir().expect("tempdir").keep().join("r2"),
-    )
-    .await
-    .expect("second relay");
+    let second = second_relay().await;
     let root = tempfile::tempdir().expect("tempdir");
     let home = Home::new(root.path().join("p"));
     let (a_url, b_url) = (m.relay.url().to_string(), second.url().to_string());
@@ -1074,4 +1066,113 @@ async fn a_request_no_relay_confirms_is_followed_and_sent_again() {
     let request = &outcome.job_id;
     let copies = ids.iter().filter(|id| *id == request).count();
     assert!(copies >= 2, "request sent {copies} time(s): {ids:?}");
+}
+
+/// Another embedded relay on loopback, beside the market's.
+async fn second_relay() -> pylon::relay::EmbeddedRelay {
+    pylon::relay::EmbeddedRelay::start(
+        &pylon::relay::RelaySettings {
+            bind: "127.0.0.1:0".parse().expect("addr"),
+            ..Default::default()
+        },
+        &tempfile::tempdir().expect("tempdir").keep().join("r2"),
+    )
+    .await
+    .expect("second relay")
+}
+
+/// NIP-90 `relays`: the buyer names its relays, and a provider answers there as well as on its
+/// own — so a buyer that reads a relay the provider never uses still gets feedback and result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_provider_answers_on_the_relays_the_request_names() {
+    let m = Market::start().await;
+    let second = second_relay().await;
+    // The provider is on the market relay only; loopback relays are allowed here because
+    // every relay of a test is on loopback (the default refuses them: provider::reply tests).
+    let (node, _ndir) = in_process_node(
+        &m,
+        pylon::provider::NodeOptions {
+            allow_private_relays: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    let provider = node.public_key();
+    // The buyer reads and writes both relays.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let keys = Keys::generate();
+    let relay = MarketClient::connect(
+        keys.clone(),
+        &[m.relay.url(), second.url()],
+        Duration::from_secs(5),
+        Reachability::OneShot,
+    )
+    .await
+    .expect("relay");
+    let w: Arc<dyn Wallet> = Arc::new(m.funded_wallet(100).await);
+    let b = Buyer::start(
+        keys,
+        Arc::new(relay),
+        Some(w),
+        Arc::new(Store::open(dir.path()).expect("store")),
+        SpendLimits::default(),
+    )
+    .await
+    .expect("buyer");
+    let o = b
+        .run(
+            &code_job("named.rs", "fn named() {}\n".into(), provider, 5_000),
+            wait(true, None),
+        )
+        .await
+        .expect("run");
+    assert_eq!(o.status, JobState::Done, "{o:?}");
+    let job_id = nostr_sdk::EventId::from_hex(&o.job_id).expect("job id");
+
+    // Only the second relay is asked: the provider never connected to it of its own accord.
+    let watcher = MarketClient::connect(
+        Keys::generate(),
+        &[second.url()],
+        Duration::from_secs(5),
+        Reachability::OneShot,
+    )
+    .await
+    .expect("watcher");
+    let request = watcher
+        .fetch(nostr_sdk::Filter::new().id(job_id), Duration::from_secs(2))
+        .await
+        .expect("fetch")
+        .into_iter()
+        .next()
+        .expect("the buyer published the request to its relays");
+    let named = pylon::protocol::tags::values(&request, "relays")
+        .expect("the request names its relays")
+        .to_vec();
+    for url in [m.relay.url(), second.url()] {
+        assert!(named.contains(&url.to_string()), "{named:?} lacks {url}");
+    }
+    let answers = nostr_sdk::Filter::new()
+        .kinds([Kind::from(6960), Kind::from(7000)])
+        .author(provider)
+        .event(job_id);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let (mut result, mut feedback) = (false, false);
+    while !(result && feedback) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "on the named relay: result {result}, feedback {feedback}"
+        );
+        for e in watcher
+            .fetch(answers.clone(), Duration::from_secs(2))
+            .await
+            .expect("fetch")
+            .iter()
+        {
+            result |= e.kind == Kind::from(6960);
+            feedback |= e.kind == Kind::from(7000);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    watcher.shutdown().await;
+    node.stop().await;
 }

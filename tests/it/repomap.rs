@@ -433,3 +433,100 @@ async fn a_map_completes_through_a_relay_that_allows_ten_events_a_second_per_con
     drop(buyer);
     m.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_says_why_each_provider_it_passes_over_cannot_be_used() {
+    use nostr_sdk::{EventBuilder, Kind, Tag, TagKind, Timestamp};
+    use pylon::fanout::select::{discover_all, Unusable};
+    use pylon::protocol::heartbeat::{Heartbeat, HeartbeatInfo};
+    use pylon::protocol::nip89::{Announcement, ProviderInfo};
+
+    let mut m = Appliance::start(&relay_settings(), None, None, open_hub_settings())
+        .await
+        .expect("appliance");
+    let ours = m
+        .add_node(Registry::builtin(), &node_options())
+        .await
+        .expect("provider");
+    let client = pylon::appliance::connect(&Keys::generate(), &m.url)
+        .await
+        .expect("client");
+    let k = |v: &str| Tag::custom(TagKind::custom("k"), [v]);
+    // Another framework's DVM: its own announcement shape (no `prices`) and its heartbeat.
+    let foreign = Keys::generate();
+    let announce = EventBuilder::new(
+        Kind::Custom(31990),
+        r#"{"name":"dvm","about":"code analysis","supportsEncryption":true}"#,
+    )
+    .tags([Tag::identifier("dvm"), k("5960")])
+    .sign_with_keys(&foreign)
+    .expect("sign");
+    let beat = EventBuilder::new(Kind::Custom(11998), "Alive and kicking")
+        .tags([Tag::expiration(Timestamp::now() + 300)])
+        .sign_with_keys(&foreign)
+        .expect("sign");
+    let priced = |keys: &Keys, msats: u64| {
+        let info = ProviderInfo {
+            prices: [("5960".to_string(), msats)].into(),
+            ..ProviderInfo::default()
+        };
+        Announcement::to_event(keys, "pylon", &[5960], &info).expect("announce")
+    };
+    let pricey = Keys::generate();
+    let pricey_beat = Heartbeat::to_event(
+        &pricey,
+        &HeartbeatInfo {
+            interval_secs: Some(60),
+            ..HeartbeatInfo::default()
+        },
+        &[5960],
+    )
+    .expect("beat");
+    let silent = Keys::generate();
+    for event in [
+        announce,
+        beat,
+        priced(&pricey, 200_000_000),
+        pricey_beat,
+        priced(&silent, 1),
+    ] {
+        client.publish(&event).await.expect("publish");
+    }
+
+    let found = discover_all(&client, 100_000_000, &[])
+        .await
+        .expect("discover");
+    assert_eq!(
+        found
+            .candidates
+            .iter()
+            .map(|c| c.pubkey)
+            .collect::<Vec<_>>(),
+        vec![ours]
+    );
+    let mut expected = vec![
+        (foreign.public_key(), Unusable::NoPrice),
+        (pricey.public_key(), Unusable::TooExpensive(200_000_000)),
+        (silent.public_key(), Unusable::Offline),
+    ];
+    expected.sort_by_key(|p| p.0);
+    assert_eq!(found.passed_over, expected);
+
+    // Named ones: the foreign DVM and a key that announces nothing are explained.
+    let stranger = Keys::generate().public_key();
+    let found = discover_all(
+        &client,
+        100_000_000,
+        &[foreign.public_key(), stranger, ours],
+    )
+    .await
+    .expect("discover");
+    assert_eq!(found.candidates.len(), 1);
+    let why = found.explain().join("\n");
+    assert!(why.contains("without a price in Pylon's `prices`"), "{why}");
+    assert!(why.contains("announces no code analysis"), "{why}");
+    assert_eq!(found.passed_over.len(), 2, "{why}");
+
+    client.shutdown().await;
+    m.stop().await;
+}

@@ -48,7 +48,12 @@ fn bench_soak_samples_memory_and_fds_and_pays_every_job() {
     assert_eq!(jobs, [100, 200, 300], "{r}");
     for s in samples.iter().chain(std::iter::once(&r["baseline"])) {
         assert!(s["rss_kib"].as_u64().expect("rss") > 0, "{r}");
-        assert!(s["rss_anon_kib"].as_u64().expect("anon") > 0, "{r}");
+        let anon = s["rss_anon_kib"].as_u64().expect("anon");
+        assert!(anon > 0, "{r}");
+        assert!(
+            s["rss_anon_untrimmed_kib"].as_u64().expect("untrimmed") > 0,
+            "{r}"
+        );
         assert!(s["fds"].as_u64().expect("fds") > 0, "{r}");
     }
     // Slopes over the two samples after the warm-up: present, finite numbers (values are the
@@ -58,6 +63,7 @@ fn bench_soak_samples_memory_and_fds_and_pays_every_job() {
         "rss_bytes_per_job",
         "rss_anon_slope_kib_per_1000_jobs",
         "rss_anon_slope_second_half_kib_per_1000_jobs",
+        "rss_anon_untrimmed_slope_kib_per_1000_jobs",
         "fd_slope_per_1000_jobs",
     ] {
         assert!(r[field].as_f64().is_some(), "{field}: {r}");

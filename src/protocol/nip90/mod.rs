@@ -9,7 +9,7 @@ mod request;
 mod result;
 
 pub use feedback::{Feedback, JobStatus, NewFeedback};
-pub use request::{InputType, JobInput, JobRequest, NewJob};
+pub use request::{InputType, JobInput, JobRequest, NewJob, MAX_RELAYS};
 pub use result::JobResult;
 
 use nostr_sdk::Event;

@@ -105,6 +105,10 @@ impl JobInput {
     }
 }
 
+/// The most relays of a request's `relays` tag a Pylon provider answers on (and a Pylon buyer
+/// names): a stranger's list must not fan one job out to a hundred connections.
+pub const MAX_RELAYS: usize = 5;
+
 /// A request to build.
 #[derive(Debug, Clone, Default)]
 pub struct NewJob {

@@ -2,24 +2,76 @@
 // Copyright (c) 2023-2025 Rust Nostr Developers
 // Distributed under the MIT software license
 
+use std::collections::{HashSet, VecDeque};
 use std::fmt;
-use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex as StdMutex, OnceLock};
 
-use lru::LruCache;
+use nostr::hashes::{sha256, Hash, HashEngine};
 use nostr::prelude::IntoNostrSigner;
-use nostr::{Event, EventId, NostrSigner};
+use nostr::{Event, NostrSigner};
 use nostr_database::{IntoNostrDatabase, MemoryDatabase, NostrDatabase};
-use tokio::sync::{Mutex, RwLock};
+use tokio::sync::RwLock;
 
 use crate::monitor::Monitor;
 use crate::policy::AdmitPolicy;
 use crate::transport::websocket::{DefaultWebsocketTransport, WebSocketTransport};
 
-// LruCache pre-allocate, so keep this at a reasonable value.
-// A good value may be <= 128k, considering that stored values are the 64-bit hashes of the event IDs.
+// PYLON-PATCH (4): one cache of verified events per process, not an `LruCache<EventId, ()>` per
+// client, and a hit still checks the id. See PYLON-PATCH.md.
 const MAX_VERIFICATION_CACHE_SIZE: usize = 128_000;
+
+/// Events whose signature was checked, as 128-bit digests of `id ‖ sig`, oldest first out.
+///
+/// Both collections are sized once, so the cache never reallocates: its memory is reached early
+/// and stays flat, where the old per-client `LruCache` allocated one node per event and grew
+/// for the first 128,000 events of every client.
+struct VerifiedEvents {
+    set: HashSet<u128>,
+    order: VecDeque<u128>,
+}
+
+impl VerifiedEvents {
+    fn new() -> Self {
+        Self {
+            set: HashSet::with_capacity(MAX_VERIFICATION_CACHE_SIZE),
+            order: VecDeque::with_capacity(MAX_VERIFICATION_CACHE_SIZE),
+        }
+    }
+
+    fn insert(&mut self, key: u128) {
+        if !self.set.insert(key) {
+            return;
+        }
+        if self.order.len() == MAX_VERIFICATION_CACHE_SIZE {
+            if let Some(oldest) = self.order.pop_front() {
+                self.set.remove(&oldest);
+            }
+        }
+        self.order.push_back(key);
+    }
+}
+
+/// A signature's validity is a property of the event's bytes, not of the client that received
+/// it, so every client of the process shares one cache: an event heard by 300 in-process nodes
+/// is checked once, and the memory is paid once.
+fn verified_events() -> &'static StdMutex<VerifiedEvents> {
+    static CACHE: OnceLock<StdMutex<VerifiedEvents>> = OnceLock::new();
+    CACHE.get_or_init(|| StdMutex::new(VerifiedEvents::new()))
+}
+
+/// The cache key: the id alone would let a relay pass off other content, another author or a
+/// bad signature under an id seen before. With `id ‖ sig` hashed, and the id re-computed from
+/// the content on every lookup, a hit means these exact bytes were verified.
+fn verified_key(event: &Event) -> u128 {
+    let mut engine = sha256::Hash::engine();
+    engine.input(event.id.as_bytes());
+    engine.input(&event.sig.serialize());
+    let digest = sha256::Hash::from_engine(engine).to_byte_array();
+    let mut key = [0u8; 16];
+    key.copy_from_slice(&digest[..16]);
+    u128::from_le_bytes(key)
+}
 
 #[derive(Debug)]
 pub enum SharedStateError {
@@ -42,7 +94,6 @@ pub struct SharedState {
     pub(crate) transport: Arc<dyn WebSocketTransport>,
     pub(crate) signer: Arc<RwLock<Option<Arc<dyn NostrSigner>>>>,
     pub(crate) nip42_auto_authentication: Arc<AtomicBool>,
-    pub(crate) verification_cache: Arc<Mutex<LruCache<EventId, ()>>>,
     pub(crate) admit_policy: Option<Arc<dyn AdmitPolicy>>,
     pub(crate) monitor: Option<Monitor>,
 }
@@ -69,16 +120,11 @@ impl SharedState {
         nip42_auto_authentication: bool,
         monitor: Option<Monitor>,
     ) -> Self {
-        let max_verification_cache_size: NonZeroUsize =
-            NonZeroUsize::new(MAX_VERIFICATION_CACHE_SIZE)
-                .expect("MAX_VERIFICATION_CACHE_SIZE must be greater than 0");
-
         Self {
             database,
             transport,
             signer: Arc::new(RwLock::new(signer)),
             nip42_auto_authentication: Arc::new(AtomicBool::new(nip42_auto_authentication)),
-            verification_cache: Arc::new(Mutex::new(LruCache::new(max_verification_cache_size))),
             admit_policy,
             monitor,
         }
@@ -142,19 +188,31 @@ impl SharedState {
     ///
     /// This is important since event signature verification is a heavy job!
     pub(crate) async fn verify_and_cache(&self, event: &Event) -> Result<(), nostr::event::Error> {
-        let mut cache = self.verification_cache.lock().await;
-
-        // Full IDs avoid treating a hash collision as proof of event verification.
-        if cache.contains(&event.id) {
+        // PYLON-PATCH (4): upstream returned `Ok` for any event whose *id* was cached, so a
+        // relay could send other content or another author under an id the client had verified
+        // (forged events with a known id passed without a check). The id is re-computed here
+        // every time (a hash, cheap); only the signature check is cached, by `id ‖ sig`.
+        if !event.verify_id() {
+            return Err(nostr::event::Error::InvalidId);
+        }
+        let key = verified_key(event);
+        if verified_events()
+            .lock()
+            .map(|cache| cache.set.contains(&key))
+            .unwrap_or(false)
+        {
             return Ok(());
         }
 
-        // We now verify the event
+        // Checked outside the lock: the cache is shared by every client of the process.
         // If the event verification fails, the cache is not populated
-        event.verify()?;
+        if !event.verify_signature() {
+            return Err(nostr::event::Error::InvalidSignature);
+        }
 
-        // Event is verified, so we can cache it.
-        cache.put(event.id, ());
+        if let Ok(mut cache) = verified_events().lock() {
+            cache.insert(key);
+        }
 
         Ok(())
     }
